@@ -256,9 +256,11 @@ class AlternateDomain(_TextAttribute):
 #: RFC 8489 §9.2: nonces starting with this cookie carry a security feature set.
 NONCE_COOKIE = "obMatJos2"
 
-#: RFC 8489 §18.1: security feature bits (bit 0 is the most significant).
-FEATURE_PASSWORD_ALGORITHMS = 1 << 23
-FEATURE_USERNAME_ANONYMITY = 1 << 22
+#: RFC 8489 §18.1: security feature bits. Bit 0 is the least significant bit
+#: of the 24-bit set (RFC 8489 errata on §18.1; Appendix B.1's nonce "AAAC",
+#: 0x000002, announces username anonymity, bit 1, for its USERHASH request).
+FEATURE_PASSWORD_ALGORITHMS = 1 << 0
+FEATURE_USERNAME_ANONYMITY = 1 << 1
 
 _B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
@@ -679,6 +681,8 @@ class Icmp(Attribute):
     TYPE: ClassVar[int] = AttrType.ICMP
 
     def encode_value(self, transaction_id: bytes) -> bytes:
+        if not 0 <= self.error_data <= 0xFFFFFFFF:
+            raise UsageError(f"ICMP error data out of range: {self.error_data}")
         return struct.pack(
             "!HBBI", 0, self.icmp_type & 0xFF, self.icmp_code & 0xFF, self.error_data
         )
@@ -700,6 +704,8 @@ class UnknownAttributes(Attribute):
     TYPE: ClassVar[int] = AttrType.UNKNOWN_ATTRIBUTES
 
     def encode_value(self, transaction_id: bytes) -> bytes:
+        if not all(0 <= t <= 0xFFFF for t in self.types):
+            raise UsageError(f"attribute type out of range in {self.types}")
         return b"".join(_U16.pack(t) for t in self.types)
 
     @classmethod
@@ -719,6 +725,8 @@ class PasswordAlgorithmEntry:
 
     def encode(self) -> bytes:
         params = self.parameters
+        if not 0 <= self.algorithm <= 0xFFFF or len(params) > 0xFFFF:
+            raise UsageError("password algorithm or parameters out of range")
         pad = b"\x00" * (-len(params) % 4)
         return struct.pack("!HH", self.algorithm, len(params)) + params + pad
 
@@ -736,6 +744,8 @@ def _decode_algorithms(
         if end > len(value):
             raise DecodeError(f"{name} parameters overrun the value", offset + pos)
         entries.append(PasswordAlgorithmEntry(algorithm, value[pos + 4 : end]))
+        if end + (-length % 4) > len(value):
+            raise DecodeError(f"{name} parameter padding missing", offset + pos)
         pos = end + (-length % 4)
     return entries
 

@@ -129,6 +129,8 @@ class Message:
 
 def _attribute_type(attr: Attribute) -> int:
     if isinstance(attr, UnknownAttribute):
+        if not 0 <= attr.type <= 0xFFFF:
+            raise UsageError(f"attribute type out of range: {attr.type}")
         return attr.type
     return attr.TYPE
 
@@ -161,6 +163,10 @@ def encode(
     """
     if len(msg.transaction_id) != 12:
         raise UsageError("transaction id must be 12 bytes")
+    if not 0 <= msg.method <= 0xFFF:
+        raise UsageError(f"method must be 12 bits, got 0x{msg.method:x}")
+    if sha256 and (sha256_size < 16 or sha256_size > 32 or sha256_size % 4):
+        raise UsageError(f"sha256_size must be 16-32, a multiple of 4 ({sha256_size})")
     if len(padding) != 1:
         raise UsageError("padding is one byte")
     if (sha1 or sha256) and key is None:
@@ -171,6 +177,11 @@ def encode(
     # step 1: header with a placeholder length, then the attributes given
     mask = msg.transaction_id
     body = b"".join(_encode_attribute(a, mask, padding) for a in msg.attributes)
+    trailer = 8 if fingerprint else 0
+    if key is not None:
+        trailer += (24 if sha1 else 0) + (4 + sha256_size if sha256 else 0)
+    if len(body) + trailer > 0xFFFF:
+        raise UsageError("message longer than 65535 bytes after the header")
     kind = message_type(msg.method, msg.cls)
     out = _HEADER.pack(kind, len(body), msg.cookie, msg.transaction_id) + body
 
