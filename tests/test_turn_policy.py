@@ -206,9 +206,19 @@ def test_relayed_predicate_not_called_for_public_peers() -> None:
     assert calls == [("127.0.0.1", 7)]
 
 
-@pytest.mark.parametrize("port", [0, -1, 65536])
+@pytest.mark.parametrize("port", [-1, 65536])
 def test_bad_port_denied(port: int) -> None:
     assert not PeerPolicy().check("8.8.8.8", port).allowed
+
+
+def test_port_zero_decides_on_the_ip_alone() -> None:
+    # RFC 8656 §9.2: CreatePermission ignores the port, so 0 is a valid ask
+    assert PeerPolicy().check("8.8.8.8", 0).allowed
+    assert not PeerPolicy().check("127.0.0.1", 0).allowed
+    relayed = PeerPolicy(
+        server_addresses=["127.0.0.1"], relay_addresses_allowed=lambda ip, port: True
+    )
+    assert not relayed.check("127.0.0.1", 0).allowed
 
 
 @pytest.mark.parametrize("ip", ["", "foo", "1.2.3", "01.2.3.4", "1.2.3.4/32", "::g"])

@@ -427,12 +427,19 @@ class PeerPolicy:
         )(self._compute_verdict)
 
     def check(self, ip: str, port: int) -> PolicyDecision:
-        """May the relay send to ``ip:port``? Cheap: a cached table lookup."""
-        if not 0 < port <= 0xFFFF:
+        """May the relay send to ``ip:port``? Cheap: a cached table lookup.
+
+        Port 0 asks about the IP alone: RFC 8656 §9.2 says the port of a
+        CreatePermission XOR-PEER-ADDRESS is ignored, so clients may send 0.
+        The relayed-address exception needs an exact port and never applies
+        then.
+        """
+        if not 0 <= port <= 0xFFFF:
             return PolicyDecision(False, f"port {port} is not a peer port")
         verdict = self._verdict(ip)
         if (
             verdict.relay_exempt
+            and port
             and self._relayed is not None
             and self._relayed(verdict.canonical, port)
         ):
