@@ -79,3 +79,36 @@ def test_buffer_never_exceeds_the_bound() -> None:
 def test_bound_below_header_size_is_refused() -> None:
     with pytest.raises(ValueError):
         StreamFramer(10)
+
+
+# --- TURN streams: STUN and ChannelData (RFC 8656 §12.5) ---------------------
+
+
+def test_turn_framer_cuts_stun_and_padded_channel_data() -> None:
+    from natkit.net.framing import TurnStreamFramer
+    from natkit.turn.channeldata import encode_channel_data
+
+    stun = message("a")
+    odd = encode_channel_data(0x4000, b"abcde", pad=True)
+    empty = encode_channel_data(0x4FFF, b"", pad=True)
+    stream = stun + odd + empty + stun
+    framer = TurnStreamFramer(1024)
+    assert framer.feed(odd) == [odd]  # one whole frame: returned as is
+    out: list[bytes] = []
+    for index in range(0, len(stream), 3):
+        out += framer.feed(stream[index : index + 3])
+    assert out == [stun, odd, empty, stun]
+    assert len(odd) == 12 and framer.pending == 0
+
+
+def test_turn_framer_refuses_what_is_neither_and_big_stun() -> None:
+    from natkit.net.framing import TurnStreamFramer
+    from natkit.turn.channeldata import encode_channel_data
+
+    with pytest.raises(FramingError, match="neither STUN nor ChannelData"):
+        TurnStreamFramer(1024).feed(b"\x80\x00\x00\x00")
+    with pytest.raises(FramingError, match="exceeds"):
+        TurnStreamFramer(548).feed(message("x" * 600))
+    # ChannelData is bounded by its own header, not by max_message_size
+    big = encode_channel_data(0x4000, b"x" * 1000, pad=True)
+    assert TurnStreamFramer(548).feed(big) == [big]

@@ -254,3 +254,82 @@ def test_config_is_frozen() -> None:
 def test_single_listen_string_is_a_list_of_one(tmp_path: Path) -> None:
     config = load('listen = "tcp:127.0.0.1:7000"\n', tmp_path)
     assert config.listen == (ListenAddress(Transport.TCP, "127.0.0.1", 7000),)
+
+
+# --- TURN keys -----------------------------------------------------------------
+
+
+def test_turn_defaults() -> None:
+    config = load()
+    assert config.turn is True
+    assert config.realm == "natkit"
+    assert str(config.relay_ports) == "49152-65535"
+    assert (config.relay_ip, config.external_ip, config.users) == ((), (), ())
+    assert (config.max_lifetime, config.default_lifetime) == (3600, 600)
+    assert (config.user_quota, config.max_permissions, config.max_channels) == (
+        64,
+        128,
+        128,
+    )
+    assert (config.max_allocations, config.bps_limit) == (0, 0)
+
+
+def test_users_keep_derived_keys_only() -> None:
+    from natkit.stun import integrity
+    from natkit.stun.constants import PasswordAlgorithm
+
+    config = load(users=["alice:s3cret"], realm="example.org")
+    (user,) = config.users
+    assert user.name == "alice"
+    assert user.keys[PasswordAlgorithm.MD5] == integrity.long_term_key(
+        "alice", "example.org", "s3cret"
+    )
+    assert "s3cret" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"users": ["alice"]}, "users = ['alice']: expected NAME:PASSWORD"),
+        ({"users": ["a:x", "a:y"]}, "users = ['a:***', 'a:***']: the same user"),
+        ({"relay_ports": "60000-50000"}, "relay_ports = '60000-50000': the first"),
+        ({"relay_ports": "1-70000"}, "relay_ports = '1-70000': ports must be"),
+        ({"relay_ip": ["0.0.0.0"]}, "relay_ip[0] = '0.0.0.0': a relay address"),
+        ({"relay_ip": ["relay.example"]}, "relay_ip[0] = 'relay.example': 'relay"),
+        ({"external_ip": ["1.2.3.4/::1"]}, "external_ip[0] = '1.2.3.4/::1': PUBLIC"),
+        ({"allow_peer": ["10.0.0.1/8"]}, "allow_peer[0] = '10.0.0.1/8': host bits"),
+        ({"deny_peer": ["nonsense"]}, "deny_peer[0] = 'nonsense': not a CIDR"),
+        ({"default_lifetime": 7200}, "default_lifetime = 7200: must not be above"),
+        ({"max_channels": -1}, "max_channels = -1: input should be greater"),
+        ({"auth_secret": "short"}, "auth_secret = 'short': a REST secret must"),
+        ({"realm": ""}, "realm = '': realm must not be empty"),
+    ],
+)
+def test_turn_errors_name_key_value_and_reason(
+    flags: dict[str, object], expected: str
+) -> None:
+    assert error_of(**flags).startswith(expected)
+
+
+def test_a_bad_password_is_never_echoed() -> None:
+    message = error_of(users=["bob:\u0007bell"])
+    assert "bell" not in message and message.startswith("users = ['bob:***']")
+
+
+def test_external_ip_private_must_be_a_relay_ip() -> None:
+    message = error_of(relay_ip=["192.0.2.10"], external_ip=["203.0.113.5/10.0.0.5"])
+    assert message.startswith("external_ip[0] = '203.0.113.5/10.0.0.5': PRIVATE")
+
+
+def test_turn_lists_from_env_and_file(tmp_path: Path) -> None:
+    env = {
+        "NATKIT_ALLOW_PEER": "127.0.0.1/32, 10.0.0.0/8",
+        "NATKIT_RELAY_IP": "192.0.2.10 2001:db8::10",
+        "NATKIT_TURN": "false",
+    }
+    config = load('relay_ports = "50000-50100"\nusers = "u:p"\n', tmp_path, env)
+    assert config.allow_peer == ("127.0.0.1/32", "10.0.0.0/8")
+    assert config.relay_ip == ("192.0.2.10", "2001:db8::10")
+    assert config.turn is False
+    assert (config.relay_ports.low, config.relay_ports.high) == (50000, 50100)
+    assert [u.name for u in config.users] == ["u"]

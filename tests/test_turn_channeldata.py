@@ -27,7 +27,10 @@ def test_channel_number_range() -> None:
     assert is_valid_channel(0x4000)
     assert is_valid_channel(0x4FFF)
     assert not is_valid_channel(0x3FFF)
-    assert not is_valid_channel(0x5000)
+    # RFC 5766 §11 channels, still bound by older clients
+    assert is_valid_channel(0x5000)
+    assert is_valid_channel(0x7FFF)
+    assert not is_valid_channel(0x8000)
 
 
 def test_encode_layout() -> None:
@@ -62,7 +65,7 @@ def test_decode_ignores_padding() -> None:
         b"",
         b"\x40\x00\x00",
         b"\x40\x00\x00\x05abcd",
-        b"\x50\x00\x00\x00",
+        b"\x80\x00\x00\x00",
         b"\x3f\xff\x00\x00",
     ],
     ids=["empty", "short-header", "short-data", "reserved-number", "stun-range"],
@@ -92,11 +95,12 @@ def test_decode_raises_only_decode_error(data: bytes) -> None:
 
 
 def test_is_channel_data_demultiplexes() -> None:
-    """RFC 7983 §7: 0x40-0x4F is ChannelData, 0x00-0x3F STUN."""
+    """RFC 7983 §7: 0x40-0x7F is ChannelData (0x50-0x7F RFC 5766), 0x00-0x3F STUN."""
     stun = encode(Message(Method.BINDING, MessageClass.REQUEST, new_transaction_id()))
     assert not is_channel_data(stun)
     assert is_channel_data(b"\x4f\xff\x00\x00")
-    assert not is_channel_data(b"\x50\x00\x00\x00")
+    assert is_channel_data(b"\x50\x00\x00\x00")
+    assert not is_channel_data(b"\x80\x00\x00\x00")
     assert not is_channel_data(b"\x40\x00")
 
 
@@ -134,12 +138,11 @@ def test_next_frame_walks_a_mixed_stream() -> None:
 @pytest.mark.parametrize(
     "header",
     [
-        b"\x50\x00\x00\x00",
         b"\x80\x00\x00\x00",
         b"\xff\xff\xff\xff",
         b"\x00\x01\x00\x03",
     ],
-    ids=["reserved", "rtp-like", "all-ones", "stun-unaligned"],
+    ids=["rtp-like", "all-ones", "stun-unaligned"],
 )
 def test_next_frame_out_of_step(header: bytes) -> None:
     with pytest.raises(DecodeError):

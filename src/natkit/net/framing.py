@@ -1,4 +1,4 @@
-"""STUN over a byte stream: RFC 8489 §6.2.2 framing.
+"""STUN (and TURN) over a byte stream: RFC 8489 §6.2.2, RFC 8656 §12.5 framing.
 
 Over TCP and TLS, messages follow each other with no separator; the length
 field of each 20-byte header says where the next one starts. A header that
@@ -6,7 +6,8 @@ cannot start a STUN message means the stream is out of step and must be
 closed: there is no way to find the next message boundary again.
 """
 
-from natkit.stun.errors import NatkitError
+from natkit.stun.errors import DecodeError, NatkitError
+from natkit.turn.channeldata import FrameKind, next_frame
 
 HEADER_LENGTH = 20
 
@@ -74,3 +75,58 @@ class StreamFramer:
         if size > self._max:
             raise FramingError(f"message of {size} bytes exceeds {self._max}")
         return size
+
+
+class TurnStreamFramer:
+    """Cuts a TURN stream into STUN messages and ChannelData frames.
+
+    RFC 8656 §12.5: over TCP and TLS a ChannelData message is padded to a
+    multiple of 4 bytes; the first byte tells it from STUN (RFC 7983 §7,
+    :func:`natkit.turn.channeldata.next_frame`). Frames are returned whole,
+    ChannelData with its padding. ``max_message_size`` bounds STUN messages;
+    a ChannelData frame is at most 4 + 65535 + 1 bytes by its header.
+    """
+
+    __slots__ = ("_buffer", "_max")
+
+    def __init__(self, max_message_size: int) -> None:
+        if max_message_size < HEADER_LENGTH:
+            raise ValueError("max_message_size is smaller than a STUN header")
+        self._buffer = bytearray()
+        self._max = max_message_size
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the frames it completes, in order."""
+        if not self._buffer:
+            # common case: the chunk is exactly one whole frame
+            if len(data) >= 4 and self._size(data, 0) == len(data):
+                return [data]
+        self._buffer += data
+        buffer = self._buffer
+        frames: list[bytes] = []
+        start = 0
+        while len(buffer) - start >= 4:
+            size = self._size(buffer, start)
+            if len(buffer) - start < size:
+                break
+            frames.append(bytes(buffer[start : start + size]))
+            start += size
+        if start:
+            del buffer[:start]
+        return frames
+
+    def _size(self, data: bytes | bytearray, start: int) -> int:
+        try:
+            frame = next_frame(data, start)
+        except DecodeError as exc:
+            raise FramingError(exc.reason) from None
+        if frame is None:  # pragma: no cover - callers pass 4 bytes or more
+            raise FramingError("short frame header")
+        if frame.kind is FrameKind.STUN and frame.size > self._max:
+            raise FramingError(f"message of {frame.size} bytes exceeds {self._max}")
+        return frame.size

@@ -11,6 +11,15 @@ A connection is closed when the stream is out of step, when it has not
 completed a message for ``idle_timeout`` seconds (so a silent client, or one
 that stalls mid-message, does not hold a slot), and refused outright when
 ``max_connections`` are already open.
+
+With a :class:`~natkit.net.turn_driver.TurnDriver` the same listeners serve
+TURN (RFC 8656): Binding still goes to the fast path and the responder;
+ChannelData (first byte 0x40-0x7F, RFC 8656 §12 and RFC 5766 §11) goes to
+the relay fast path (:func:`natkit.net.relay.forward_channel_data`) and,
+when that declines, to the driver with every other STUN method. Streams are then cut by
+:class:`~natkit.net.framing.TurnStreamFramer` (STUN and padded ChannelData,
+RFC 8656 §12.5), and a connection that holds an allocation is not closed
+for idleness: the allocation's lifetime governs it.
 """
 
 import asyncio
@@ -23,9 +32,13 @@ from typing import Any, cast
 
 from natkit.net.address import ListenAddress, Transport
 from natkit.net.fastpath import BindingFastPath
-from natkit.net.framing import FramingError, StreamFramer
+from natkit.net.framing import FramingError, StreamFramer, TurnStreamFramer
+from natkit.net.relay import ClientLink, PeerAddr, forward_channel_data
+from natkit.net.turn_driver import TurnDriver, TurnStats
 from natkit.stun.errors import NatkitError
 from natkit.stun.server import BindingResponder, ResponderStats
+from natkit.stun.transaction import Transport as ClientTransport
+from natkit.turn.allocation import ClientAddress
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +79,10 @@ class ServiceStats:
     active_connections: int
     #: messages that hit a bug in natkit (logged once, then counted)
     internal_errors: int
+    #: the TURN side, when the service relays
+    turn: TurnStats | None = None
+    #: relayed data dropped because a client's send buffer was full
+    client_drops: int = 0
 
     @property
     def success(self) -> int:
@@ -79,20 +96,28 @@ class ServiceStats:
 
 
 class _Counters:
-    __slots__ = ("stream_desync", "idle_closed", "rejected", "internal_errors")
+    __slots__ = (
+        "stream_desync",
+        "idle_closed",
+        "rejected",
+        "internal_errors",
+        "client_drops",
+    )
 
     def __init__(self) -> None:
         self.stream_desync = 0
         self.idle_closed = 0
         self.rejected = 0
         self.internal_errors = 0
+        #: relayed data dropped because a client's send buffer was full
+        self.client_drops = 0
 
 
 class StunService:
     """Every listener of one server, sharing one responder.
 
     ``start`` opens the listeners; ``close`` closes them and every open
-    connection.
+    connection, then, with ``turn``, every allocation and relay socket.
     """
 
     def __init__(
@@ -100,8 +125,10 @@ class StunService:
         responder: BindingResponder,
         *,
         limits: StreamLimits | None = None,
+        turn: TurnDriver | None = None,
     ) -> None:
         self.responder = responder
+        self.turn = turn
         self.fast = BindingFastPath(responder.software)
         self.limits = limits or StreamLimits()
         self.counters = _Counters()
@@ -121,6 +148,8 @@ class StunService:
             rejected_connections=c.rejected,
             active_connections=len(self.connections),
             internal_errors=c.internal_errors,
+            turn=self.turn.stats() if self.turn is not None else None,
+            client_drops=c.client_drops,
         )
 
     async def start(
@@ -135,6 +164,8 @@ class StunService:
         cannot be opened.
         """
         bound: list[ListenAddress] = []
+        if self.turn is not None:
+            self.turn.start(asyncio.get_running_loop())
         try:
             for address in addresses:
                 bound.append(await self._open(address, ssl_context))
@@ -161,7 +192,7 @@ class StunService:
                 self._transports.append(transport)
             else:
                 server = await loop.create_server(
-                    lambda: _StreamProtocol(self),
+                    lambda: _StreamProtocol(self, tls=tls),
                     sock=sock,
                     ssl=ssl_context if tls else None,
                     ssl_handshake_timeout=self.limits.idle_timeout if tls else None,
@@ -188,6 +219,8 @@ class StunService:
         self.bound = ()
         # let the transports run their connection_lost callbacks
         await asyncio.sleep(0)
+        if self.turn is not None:
+            self.turn.close()
 
     def internal_error(self) -> None:
         """A bug in handling one message: log the first, count all."""
@@ -245,22 +278,50 @@ def _reason(exc: OSError) -> str:
 
 
 class _UdpProtocol(asyncio.DatagramProtocol):
-    """RFC 8489 §6.2.1: one request per datagram, the response to its source."""
+    """RFC 8489 §6.2.1: one request per datagram, the response to its source.
+
+    With TURN, ChannelData from a client with an allocation is relayed by
+    the fast path; other TURN messages go to the driver (RFC 8656 §5).
+    """
 
     def __init__(self, service: StunService) -> None:
         self._service = service
         self._fast = service.fast.respond
         self._full = service.responder.handle
+        self._turn = service.turn
         self._transport: asyncio.DatagramTransport | None = None
+        #: clients with an allocation, by address as the loop reports it
+        self.links: dict[PeerAddr, ClientLink] = {}
+        self._server_ip = ""
+        self._server_port = 0
+        self._time = _no_time
+        #: the kernel buffer is full and the transport queues: drop relayed data
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # neither asyncio's nor uvloop's UDP transport subclasses DatagramTransport
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname") or ("", 0)
+        self._server_ip = _plain_ip(sockname[0])
+        self._server_port = sockname[1]
+        self._time = asyncio.get_running_loop().time
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
+            turn = self._turn
+            if turn is not None and data and 0x40 <= data[0] <= 0x7F:
+                # RFC 8656 §12.4: ChannelData, the relay fast path first
+                link = self.links.get(addr)
+                if link is None or not forward_channel_data(link, data, self._time()):
+                    turn.client_message(link or self._new_link(addr), data)
+                return
             response = self._fast(data, addr)
             if response is None:
+                if turn is not None and is_turn_message(data):
+                    turn.client_message(
+                        self.links.get(addr) or self._new_link(addr), data
+                    )
+                    return
                 response = self._full(data, _plain_ip(addr[0]), addr[1])
                 if response is None:
                     return
@@ -268,6 +329,33 @@ class _UdpProtocol(asyncio.DatagramProtocol):
                 self._transport.sendto(response, addr)
         except Exception:
             self._service.internal_error()
+
+    def _new_link(self, addr: tuple[Any, ...]) -> ClientLink:
+        """A link for a client without an allocation (kept once it has one)."""
+        client = ClientAddress(
+            ClientTransport.UDP,
+            _plain_ip(addr[0]),
+            addr[1],
+            self._server_ip,
+            self._server_port,
+        )
+        transport = self._transport
+        counters = self._service.counters
+
+        def send(frame: bytes) -> None:
+            if transport is None or self.paused:
+                counters.client_drops += 1
+                return
+            transport.sendto(frame, addr)
+
+        return ClientLink(client, send, registry=self.links, key=addr)
+
+    def pause_writing(self) -> None:
+        # the transport queues in memory what the kernel did not take
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier responses (port unreachable, ...): nothing to do
@@ -277,17 +365,24 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _StreamProtocol(asyncio.Protocol):
     """RFC 8489 §6.2.2 and §6.2.3: STUN over one TCP or TLS connection."""
 
-    def __init__(self, service: StunService) -> None:
+    def __init__(self, service: StunService, *, tls: bool = False) -> None:
         self._service = service
+        self._tls = tls
         self._fast = service.fast.respond
         self._full = service.responder.handle
-        self._framer = StreamFramer(service.limits.max_message_size)
+        self._turn = service.turn
+        size = service.limits.max_message_size
+        self._framer: StreamFramer | TurnStreamFramer = (
+            StreamFramer(size) if self._turn is None else TurnStreamFramer(size)
+        )
         self._timeout = service.limits.idle_timeout
         self._transport: asyncio.Transport | None = None
         self._peer: tuple[Any, ...] = ("", 0)
         self._ip = ""
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._link: ClientLink | None = None
+        self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -300,9 +395,30 @@ class _StreamProtocol(asyncio.Protocol):
         service.connections.add(self)
         self._peer = tuple(stream.get_extra_info("peername") or ("", 0))
         self._ip = _plain_ip(self._peer[0])
+        if self._turn is not None:
+            self._link = self._new_link(stream)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._timer = loop.call_at(self._last + self._timeout, self._check_idle)
+
+    def _new_link(self, stream: asyncio.Transport) -> ClientLink:
+        sockname = stream.get_extra_info("sockname") or ("", 0)
+        client = ClientAddress(
+            ClientTransport.TLS if self._tls else ClientTransport.TCP,
+            self._ip,
+            self._peer[1],
+            _plain_ip(sockname[0]),
+            sockname[1],
+        )
+        return ClientLink(client, self.send_frame)
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write one frame to the client; dropped while it does not read."""
+        transport = self._transport
+        if transport is None or self._paused:
+            self._service.counters.client_drops += 1
+            return
+        transport.write(frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._service.connections.discard(self)
@@ -310,6 +426,10 @@ class _StreamProtocol(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._transport = None
+        link = self._link
+        if link is not None and self._turn is not None:
+            self._link = None
+            self._turn.client_closed(link)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -325,9 +445,20 @@ class _StreamProtocol(asyncio.Protocol):
             return
         if not messages:
             return
-        self._last = asyncio.get_running_loop().time()
+        now = self._last = asyncio.get_running_loop().time()
+        turn = self._turn
+        link = self._link
         for message in messages:
             try:
+                if turn is not None and link is not None:
+                    if 0x40 <= message[0] <= 0x7F:
+                        # RFC 8656 §12.4: ChannelData, the relay fast path first
+                        if not forward_channel_data(link, message, now):
+                            turn.client_message(link, message)
+                        continue
+                    if is_turn_message(message):
+                        turn.client_message(link, message)
+                        continue
                 response = self._fast(message, self._peer)
                 if response is None:
                     response = self._full(message, self._ip, self._peer[1])
@@ -339,10 +470,12 @@ class _StreamProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # the client does not read its responses: stop reading its requests
+        self._paused = True
         if self._transport is not None:
             self._transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self._paused = False
         if self._transport is not None:
             self._transport.resume_reading()
 
@@ -357,8 +490,12 @@ class _StreamProtocol(asyncio.Protocol):
             return
         loop = asyncio.get_running_loop()
         deadline = self._last + self._timeout
+        link = self._link
+        if link is not None and link.alloc is not None:
+            # RFC 8656 §3.1: the allocation's lifetime governs this connection
+            deadline = loop.time() + self._timeout
         # call_at may run a little early: allow for the clock's resolution
-        if loop.time() >= deadline - 0.01:
+        elif loop.time() >= deadline - 0.01:
             self._service.counters.idle_closed += 1
             self._transport.abort()
             return
@@ -368,3 +505,20 @@ class _StreamProtocol(asyncio.Protocol):
 def _plain_ip(host: str) -> str:
     """The IP without an IPv6 zone (``fe80::1%eth0`` -> ``fe80::1``)."""
     return host.partition("%")[0]
+
+
+def _no_time() -> float:
+    return 0.0
+
+
+def is_turn_message(data: bytes) -> bool:
+    """A STUN message whose method is not Binding (RFC 8489 §5 type bits).
+
+    Those are the TURN server's (RFC 8656 §5); Binding stays with the STUN
+    responder and its fast path.
+    """
+    if len(data) < 20 or data[0] & 0xC0:
+        return False
+    kind = data[0] << 8 | data[1]
+    method = (kind & 0x000F) | (kind & 0x00E0) >> 1 | (kind & 0x3E00) >> 2
+    return method != 0x001

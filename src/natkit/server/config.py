@@ -8,9 +8,11 @@ Everything is validated once by :class:`ServerConfig`; a bad value becomes a
 Every key is described in ``docs/configuration.md``.
 """
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,6 +23,7 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -30,7 +33,9 @@ from natkit.net.address import (
     ListenAddress,
     Transport,
 )
-from natkit.stun.errors import NatkitError
+from natkit.stun.constants import PasswordAlgorithm
+from natkit.stun.errors import NatkitError, UsageError
+from natkit.turn.policy import PolicyError, parse_peer_rule
 
 #: RFC 8489 §6.2.2 allows messages up to 64 KiB over streams: 20-byte header plus
 #: a length field that is a multiple of 4.
@@ -72,6 +77,174 @@ ListenField = Annotated[
     PlainSerializer(str, return_type=str),
 ]
 
+#: RFC 8656 §7.2: relay ports SHOULD come from the dynamic range
+DEFAULT_RELAY_PORTS = "49152-65535"
+DEFAULT_REALM = "natkit"
+
+
+@dataclass(frozen=True, slots=True)
+class PortRange:
+    """An inclusive port range, written ``LOW-HIGH``."""
+
+    low: int
+    high: int
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    @classmethod
+    def parse(cls, text: str) -> "PortRange":
+        """``LOW-HIGH`` (or one port); raises ValueError with a short reason."""
+        low_text, sep, high_text = text.strip().partition("-")
+        if not sep:
+            high_text = low_text
+        low_text, high_text = low_text.strip(), high_text.strip()
+        if not (low_text.isdigit() and high_text.isdigit()):
+            raise ValueError("expected LOW-HIGH, e.g. 49152-65535")
+        low, high = int(low_text), int(high_text)
+        if not (1 <= low <= 0xFFFF and 1 <= high <= 0xFFFF):
+            raise ValueError("ports must be 1-65535")
+        if low > high:
+            raise ValueError("the first port is above the last")
+        return cls(low, high)
+
+
+def _validate_ports(value: object) -> PortRange:
+    if isinstance(value, PortRange):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string LOW-HIGH, e.g. 49152-65535")
+    return PortRange.parse(value)
+
+
+PortRangeField = Annotated[
+    PortRange,
+    PlainValidator(_validate_ports),
+    PlainSerializer(str, return_type=str),
+]
+
+
+def _concrete_ip(text: str) -> str:
+    """A unicast IP literal in canonical form; ValueError with the reason."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address (no host names)") from None
+    if ip.is_unspecified:
+        raise ValueError("a relay address must be concrete, not a wildcard")
+    if ip.is_multicast:
+        raise ValueError("a relay address must not be multicast")
+    return str(ip)
+
+
+def _validate_relay_ip(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address string")
+    return _concrete_ip(value)
+
+
+RelayIpField = Annotated[str, PlainValidator(_validate_relay_ip)]
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalIp:
+    """``PUBLIC[/PRIVATE]``: advertise PUBLIC for the relay IP PRIVATE (1:1 NAT).
+
+    Without PRIVATE it applies to every relay IP of PUBLIC's family.
+    """
+
+    public: str
+    private: str | None = None
+
+    def __str__(self) -> str:
+        return self.public if self.private is None else f"{self.public}/{self.private}"
+
+    @classmethod
+    def parse(cls, text: str) -> "ExternalIp":
+        public_text, sep, private_text = text.strip().partition("/")
+        public = _concrete_ip(public_text)
+        if not sep:
+            return cls(public)
+        private = _concrete_ip(private_text)
+        if (":" in public) != (":" in private):
+            raise ValueError("PUBLIC and PRIVATE must be of one IP version")
+        return cls(public, private)
+
+
+def _validate_external_ip(value: object) -> ExternalIp:
+    if isinstance(value, ExternalIp):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected PUBLIC[/PRIVATE], e.g. 203.0.113.5/10.0.0.5")
+    return ExternalIp.parse(value)
+
+
+ExternalIpField = Annotated[
+    ExternalIp,
+    PlainValidator(_validate_external_ip),
+    PlainSerializer(str, return_type=str),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StaticUser:
+    """A ``--user NAME:PASSWORD`` user: its name and derived keys only.
+
+    RFC 8489 §9.2.2: the long-term keys (MD5 and SHA-256) are computed when
+    the configuration is validated; the password is not kept.
+    """
+
+    name: str
+    keys: Mapping[PasswordAlgorithm, bytes] = field(repr=False)
+
+
+#: the algorithms a --user gets keys for (RFC 8489 §18.5)
+STATIC_USER_ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
+
+
+def _derive_user(value: object, realm: str) -> StaticUser:
+    from natkit.server.store import derive_keys, prepare_username
+
+    if isinstance(value, StaticUser):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected NAME:PASSWORD")
+    name, sep, password = value.partition(":")
+    if not sep or not name or not password:
+        raise ValueError("expected NAME:PASSWORD, both non-empty")
+    try:
+        username = prepare_username(name)
+        keys = derive_keys(username, realm, password, STATIC_USER_ALGORITHMS)
+    except UsageError as exc:
+        raise ValueError(str(exc)) from None
+    return StaticUser(username, keys)
+
+
+def _mask_user(value: object) -> object:
+    """A --user value fit for an error line: the password replaced."""
+    if isinstance(value, str):
+        name, sep, _ = value.partition(":")
+        return f"{name}:***" if sep else value
+    if isinstance(value, list | tuple):
+        return [_mask_user(v) for v in value]
+    return value
+
+
+def _validate_peer_rule(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR, an address or FIRST-LAST")
+    try:
+        parse_peer_rule(value)
+    except PolicyError as exc:
+        raise ValueError(str(exc).partition(": ")[2] or str(exc)) from None
+    return value.strip()
+
+
+PeerRuleField = Annotated[str, PlainValidator(_validate_peer_rule)]
+
 
 class ServerConfig(BaseModel):
     """Everything ``natkit serve`` can be told. See docs/configuration.md."""
@@ -92,6 +265,26 @@ class ServerConfig(BaseModel):
     log_level: LogLevel = "info"
     log_format: LogFormat = "text"
 
+    # TURN (RFC 8656); see docs/configuration.md
+    turn: bool = True
+    realm: str = DEFAULT_REALM
+    relay_ports: PortRangeField = PortRange.parse(DEFAULT_RELAY_PORTS)
+    relay_ip: tuple[RelayIpField, ...] = ()
+    external_ip: tuple[ExternalIpField, ...] = ()
+    users: tuple[StaticUser, ...] = ()
+    auth_secret: str | None = Field(default=None, repr=False)
+    auth_secret_file: Path | None = None
+    user_store: bool = True
+    allow_peer: tuple[PeerRuleField, ...] = ()
+    deny_peer: tuple[PeerRuleField, ...] = ()
+    max_allocations: int = Field(default=0, ge=0, le=10_000_000)
+    user_quota: int = Field(default=64, ge=0, le=10_000_000)
+    max_permissions: int = Field(default=128, ge=0, le=100_000)
+    max_channels: int = Field(default=128, ge=0, le=0x1000)
+    bps_limit: int = Field(default=0, ge=0)
+    max_lifetime: int = Field(default=3600, ge=1, le=86400)
+    default_lifetime: int = Field(default=600, ge=1, le=86400)
+
     @field_validator("listen", mode="before")
     @classmethod
     def _one_listener(cls, value: object) -> object:
@@ -108,6 +301,52 @@ class ServerConfig(BaseModel):
                 raise ValueError("at least one listener is needed")
             if len(set(value)) != len(value):
                 raise ValueError("the same listener is given twice")
+        return value
+
+    @field_validator("realm")
+    @classmethod
+    def _realm_fits(cls, value: str) -> str:
+        from natkit.server.store import prepare_realm
+
+        try:
+            return prepare_realm(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator(
+        "relay_ip", "external_ip", "users", "allow_peer", "deny_peer", mode="before"
+    )
+    @classmethod
+    def _one_item(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("users", mode="before")
+    @classmethod
+    def _derive_users(cls, value: object, info: ValidationInfo) -> object:
+        # the realm is validated first (field order): keys depend on it
+        realm = info.data.get("realm")
+        if isinstance(value, str):
+            value = [value]
+        if realm is None or not isinstance(value, list | tuple):
+            return value
+        users = [_derive_user(v, realm) for v in value]
+        names = [u.name for u in users]
+        if len(set(names)) != len(names):
+            raise ValueError("the same user is given twice")
+        return users
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value.encode()) < 16:
+            raise ValueError("a REST secret must be at least 16 bytes")
+        return value
+
+    @field_validator("auth_secret_file")
+    @classmethod
+    def _secret_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("file not found")
         return value
 
     @field_validator("log_level", "log_format", mode="before")
@@ -149,7 +388,9 @@ class ServerConfig(BaseModel):
 
 
 #: keys whose environment value is a list, split on commas and whitespace
-_LIST_KEYS = frozenset({"listen"})
+_LIST_KEYS = frozenset(
+    {"listen", "relay_ip", "external_ip", "users", "allow_peer", "deny_peer"}
+)
 
 
 def env_name(key: str) -> str:
@@ -216,13 +457,16 @@ def _first_error(exc: ValidationError) -> ConfigError:
     for part in error["loc"]:
         key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else part)
     reason = error["msg"]
+    value = error.get("input")
+    if key.startswith("users"):
+        value = _mask_user(value)
     if error["type"] == "extra_forbidden":
         reason = "unknown key"
     elif error["type"] == "value_error":
         reason = reason.removeprefix("Value error, ")
     else:
         reason = reason[:1].lower() + reason[1:]
-    return ConfigError(key or "config", error.get("input"), reason)
+    return ConfigError(key or "config", value, reason)
 
 
 def _cross_check(config: ServerConfig) -> None:
@@ -237,3 +481,28 @@ def _cross_check(config: ServerConfig) -> None:
                 str(address),
                 "TLS listener needs tls_cert/tls_key or tls_generate = true",
             )
+    if config.default_lifetime > config.max_lifetime:
+        raise ConfigError(
+            "default_lifetime",
+            config.default_lifetime,
+            f"must not be above max_lifetime ({config.max_lifetime})",
+        )
+    if len(set(config.relay_ip)) != len(config.relay_ip):
+        raise ConfigError(
+            "relay_ip", list(config.relay_ip), "an address is given twice"
+        )
+    _check_external(config)
+
+
+def _check_external(config: ServerConfig) -> None:
+    """external_ip: one mapping per private address (and per family without)."""
+    seen: set[str] = set()
+    for index, external in enumerate(config.external_ip):
+        key = f"external_ip[{index}]"
+        private = external.private
+        target = private or ("v6" if ":" in external.public else "v4")
+        if target in seen:
+            raise ConfigError(key, str(external), "a second mapping for one address")
+        seen.add(target)
+        if private is not None and config.relay_ip and private not in config.relay_ip:
+            raise ConfigError(key, str(external), "PRIVATE is not one of relay_ip")

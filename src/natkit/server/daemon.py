@@ -3,22 +3,45 @@
 :func:`serve` runs one server until its stop event is set (SIGINT and SIGTERM
 set it when running in the main thread); :func:`run` does so on uvloop when it
 is installed, on the plain asyncio loop otherwise.
+
+With ``turn`` on (the default) the listeners also serve TURN (RFC 8656):
+:func:`build_turn` puts together the relay addresses, the credentials
+(``--user`` users, the user store, REST secrets), the peer policy, the quotas
+and the sans-IO :class:`~natkit.turn.server.TurnServer` with its driver.
 """
 
 import asyncio
+import ipaddress
 import logging
+import secrets
 import signal
+import socket
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from natkit import __version__
 from natkit.net.address import ListenAddress, Transport
 from natkit.net.listeners import ServiceStats, StreamLimits, StunService
+from natkit.net.relay import DONT_FRAGMENT_SUPPORTED, RelayIp, RelayPorts
+from natkit.net.turn_driver import TurnDriver
 from natkit.security.certs import TlsFiles, ensure_self_signed, server_context
 from natkit.server.config import ServerConfig
+from natkit.stun.constants import PasswordAlgorithm
 from natkit.stun.errors import NatkitError
 from natkit.stun.server import BindingResponder
+from natkit.turn.auth import (
+    InMemoryKeyStore,
+    KeyLookup,
+    LongTermAuthenticator,
+    NonceManager,
+)
+from natkit.turn.credentials import RestSecretKeys, parse_rest_username
+from natkit.turn.policy import PeerPolicy
+from natkit.turn.quota import QuotaConfig
+from natkit.turn.server import TurnConfig, TurnServer, rest_quota_user
+from natkit.turn.throttle import AuthThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +124,18 @@ async def serve(
         stats.idle_closed,
         stats.rejected_connections,
     )
+    if stats.turn is not None:
+        turn = stats.turn
+        logger.info(
+            "TURN stopped: %d requests (%d errors), %d ChannelData relayed by the "
+            "fast path (%d to peers, %d to clients), %d send errors",
+            turn.core.requests,
+            turn.core.errors,
+            turn.fast_to_peer + turn.fast_to_client,
+            turn.fast_to_peer,
+            turn.fast_to_client,
+            turn.send_errors,
+        )
     return stats
 
 
@@ -118,14 +153,19 @@ async def _start(
         except NatkitError as exc:
             raise StartupError(str(exc)) from None
 
-    # step 2: the listeners
+    # step 2: TURN, when asked for: relays, credentials, policy, the core
+    responder = BindingResponder(config.software)
+    turn = build_turn(config, listeners, responder) if config.turn else None
+
+    # step 3: the listeners
     service = StunService(
-        BindingResponder(config.software),
+        responder,
         limits=StreamLimits(
             idle_timeout=config.stream_idle_timeout,
             max_connections=config.max_connections,
             max_message_size=config.max_message_size,
         ),
+        turn=turn,
     )
     try:
         bound = await service.start(listeners, ssl_context=ssl_context)
@@ -133,7 +173,319 @@ async def _start(
         raise StartupError(str(exc)) from None
     for address in bound:
         logger.info("listening %s %s", address.transport, address.endpoint)
+    if turn is not None:
+        relays = ", ".join(_relay_text(a) for a in turn.ports.addresses)
+        logger.info(
+            "TURN relay on %s ports %s, realm %r",
+            relays,
+            config.relay_ports,
+            config.realm,
+        )
     return service
+
+
+# --- TURN --------------------------------------------------------------------
+
+
+class ServerKeys:
+    """The :class:`~natkit.turn.auth.KeyLookup` of ``natkit serve``.
+
+    A username is looked up in the ``--user`` users, then in the user store,
+    and, if it has the REST shape ``EXPIRY:USER``, checked against the REST
+    secrets (every secret gives one candidate key, for rotation).
+    """
+
+    __slots__ = ("static", "store", "rest")
+
+    def __init__(
+        self,
+        static: InMemoryKeyStore,
+        store: KeyLookup | None,
+        rest: RestSecretKeys,
+    ) -> None:
+        self.static = static
+        self.store = store
+        self.rest = rest
+
+    def keys_for(
+        self, username: str, realm: str, algorithm: PasswordAlgorithm
+    ) -> tuple[bytes, ...]:
+        key = self.static.key_for(username, realm, algorithm)
+        if key is None and self.store is not None:
+            key = self.store.key_for(username, realm, algorithm)
+        if key is not None:
+            return (key,)
+        if parse_rest_username(username) is not None:
+            return self.rest.keys_for(username, realm, algorithm)
+        return ()
+
+    def key_for(
+        self, username: str, realm: str, algorithm: PasswordAlgorithm
+    ) -> bytes | None:
+        keys = self.keys_for(username, realm, algorithm)
+        return keys[0] if keys else None
+
+    def user_for_hash(self, userhash: bytes, realm: str) -> str | None:
+        user = self.static.user_for_hash(userhash, realm)
+        if user is None and self.store is not None:
+            user = self.store.user_for_hash(userhash, realm)
+        return user
+
+    def close(self) -> None:
+        """Close the user store (lookups then serve what it last loaded)."""
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+def build_turn(
+    config: ServerConfig,
+    listeners: Sequence[ListenAddress],
+    responder: BindingResponder,
+) -> TurnDriver:
+    """The TURN core and its driver for ``config`` (RFC 8656).
+
+    Raises :class:`StartupError` when a relay address cannot be bound or a
+    secret or the user store cannot be read.
+    """
+    relay_ips = relay_addresses(config, listeners)
+    for relay_ip in relay_ips:
+        _check_bindable(relay_ip.bind)
+    ports = RelayPorts(relay_ips, config.relay_ports.low, config.relay_ports.high)
+
+    # who may relay: --user users, the user store, REST credentials
+    keys = server_keys(config)
+    authenticator = LongTermAuthenticator(
+        config.realm, keys, NonceManager(secrets.token_bytes(32))
+    )
+
+    # where to: the peer policy, with this server's own addresses denied
+    server: TurnServer | None = None
+
+    def is_relayed(ip: str, port: int) -> bool:
+        return server is not None and server.is_relayed_address(ip, port)
+
+    policy = PeerPolicy(
+        allow=config.allow_peer,
+        deny=config.deny_peer,
+        server_addresses=server_addresses(listeners, relay_ips),
+        relay_addresses_allowed=is_relayed,
+    )
+    server = TurnServer(
+        authenticator=authenticator,
+        relays=ports,
+        policy=policy,
+        config=turn_config(config, ports),
+        binding=responder,
+        throttle=AuthThrottle(),
+    )
+    driver = TurnDriver(server, ports)
+    driver.on_close(keys.close)
+    return driver
+
+
+def turn_config(config: ServerConfig, ports: RelayPorts) -> TurnConfig:
+    """Lifetimes and quotas of the core; 0 in the config means no limit."""
+    quota = QuotaConfig(
+        max_allocations=config.max_allocations or None,
+        max_allocations_per_user=config.user_quota or None,
+        max_permissions_per_allocation=config.max_permissions or None,
+        max_channels_per_allocation=config.max_channels or None,
+        max_bytes_per_second=config.bps_limit or None,
+    )
+    return TurnConfig(
+        software=config.software,
+        default_lifetime=config.default_lifetime,
+        max_lifetime=config.max_lifetime,
+        families=ports.families,
+        dont_fragment=DONT_FRAGMENT_SUPPORTED,
+        quota=quota,
+        quota_user=rest_quota_user,
+    )
+
+
+def server_keys(config: ServerConfig) -> ServerKeys:
+    """The credentials the server accepts (see :class:`ServerKeys`)."""
+    static = InMemoryKeyStore()
+    for user in config.users:
+        static.add_keys(user.name, config.realm, user.keys)
+    store = None
+    if config.user_store:
+        from natkit.server.store import UserStore
+
+        try:
+            store = UserStore.open(config.data_dir)
+        except NatkitError as exc:
+            raise StartupError(str(exc)) from None
+    rest = RestSecretKeys(rest_secrets(config), clock=time.time)
+    return ServerKeys(static, store, rest)
+
+
+def rest_secrets(config: ServerConfig) -> list[bytes]:
+    """``auth_secret``, then ``auth_secret_file``; else the data directory's."""
+    from natkit.security.secrets import (
+        check_private_file,
+        load_or_create_rest_secret,
+        parse_rest_secrets,
+    )
+
+    found: list[bytes] = []
+    try:
+        if config.auth_secret is not None:
+            found.append(config.auth_secret.encode("utf-8"))
+        path = config.auth_secret_file
+        if path is not None:
+            check_private_file(path)
+            text = path.read_text(encoding="ascii")
+            found.extend(parse_rest_secrets(text, source=str(path)))
+            if not found:
+                raise StartupError(f"{path} holds no secret")
+        if not found:
+            found = load_or_create_rest_secret(config.data_dir)
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+        raise StartupError(f"cannot read {config.auth_secret_file}: {reason}") from None
+    except NatkitError as exc:
+        if isinstance(exc, StartupError):
+            raise
+        raise StartupError(str(exc)) from None
+    return found
+
+
+def relay_addresses(
+    config: ServerConfig,
+    listeners: Sequence[ListenAddress],
+    interfaces: Callable[[], list[str]] | None = None,
+) -> tuple[RelayIp, ...]:
+    """The relay IPs (``relay_ip`` or derived) and what each advertises.
+
+    Without ``relay_ip``: the PRIVATE side of ``external_ip`` entries, then
+    per listener family the first concrete listener address; a wildcard
+    listener gives the first address of that family on the host's
+    interfaces that is not loopback or link-local (loopback if there is
+    none, with a warning). ``external_ip`` then maps each relay IP to the
+    address XOR-RELAYED-ADDRESS carries.
+    """
+    binds = list(config.relay_ip)
+    if not binds:
+        binds = _default_relay_ips(config, listeners, interfaces or interface_ips)
+    result: list[RelayIp] = []
+    for ip in binds:
+        advertised = ip
+        by_family = None
+        for external in config.external_ip:
+            if external.private == ip:
+                advertised = external.public
+                break
+            if external.private is None and (":" in external.public) == (":" in ip):
+                by_family = external.public
+        else:
+            advertised = by_family or ip
+        result.append(RelayIp(ip, advertised))
+    return tuple(result)
+
+
+def _default_relay_ips(
+    config: ServerConfig,
+    listeners: Sequence[ListenAddress],
+    interfaces: Callable[[], list[str]],
+) -> list[str]:
+    chosen = [e.private for e in config.external_ip if e.private is not None]
+    families = {":" in ip for ip in chosen}
+    for v6 in (False, True):
+        of_family = [a for a in listeners if a.is_ipv6 == v6]
+        if not of_family or v6 in families:
+            continue
+        concrete = [a.host for a in of_family if not _is_wildcard(a.host)]
+        if concrete:
+            chosen.append(str(ipaddress.ip_address(concrete[0])))
+            continue
+        picked = _pick_interface(v6, interfaces())
+        if picked is not None:
+            chosen.append(picked)
+        elif not v6 or not chosen:
+            loopback = "::1" if v6 else "127.0.0.1"
+            logger.warning(
+                "no non-loopback address found for the relay; relaying on %s "
+                "(set relay_ip)",
+                loopback,
+            )
+            chosen.append(loopback)
+        else:
+            logger.info("no IPv6 address found for the relay; relaying IPv4 only")
+    return chosen
+
+
+def _pick_interface(v6: bool, addresses: list[str]) -> str | None:
+    for text in addresses:
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if (ip.version == 6) != v6:
+            continue
+        if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+            continue
+        return str(ip)
+    return None
+
+
+def interface_ips() -> list[str]:
+    """Every IP address on the host's interfaces, in interface order."""
+    try:
+        import ifaddr
+    except ImportError:
+        logger.debug("ifaddr not installed: interface addresses unknown")
+        return []
+    found: list[str] = []
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            found.append(text.partition("%")[0])
+    return found
+
+
+def server_addresses(
+    listeners: Sequence[ListenAddress], relay_ips: Sequence[RelayIp]
+) -> list[str]:
+    """This server's own addresses, which peers may not be (unless allowed)."""
+    found: list[str] = []
+    wildcard = False
+    for address in listeners:
+        if _is_wildcard(address.host):
+            wildcard = True
+        else:
+            found.append(address.host)
+    for relay_ip in relay_ips:
+        found.extend((relay_ip.bind, relay_ip.advertised))
+    if wildcard:
+        found.extend(interface_ips())
+    unique: list[str] = []
+    for ip in found:
+        if ip not in unique:
+            unique.append(ip)
+    return unique
+
+
+def _is_wildcard(host: str) -> bool:
+    return ipaddress.ip_address(host).is_unspecified
+
+
+def _check_bindable(ip: str) -> None:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((ip, 0))
+        except OSError as exc:
+            raise StartupError(
+                f"relay_ip {ip}: cannot bind: {exc.strerror or exc}"
+            ) from None
+
+
+def _relay_text(relay_ip: RelayIp) -> str:
+    if relay_ip.advertised == relay_ip.bind:
+        return relay_ip.bind
+    return f"{relay_ip.bind} (advertised as {relay_ip.advertised})"
 
 
 def _install_signals(stop: asyncio.Event) -> list[signal.Signals]:

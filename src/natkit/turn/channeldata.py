@@ -7,7 +7,10 @@ is padded to a multiple of 4 bytes so the next one starts aligned.
 
 RFC 8656 §12 and RFC 7983 §7: the first byte tells the kinds apart on one
 5-tuple. 0x00-0x3F starts a STUN message, 0x40-0x4F a ChannelData message
-(channel numbers 0x4000-0x4FFF); anything else is neither.
+(channel numbers 0x4000-0x4FFF). RFC 5766 §11 allowed channels up to 0x7FFF
+and older clients still bind them (coturn's turnutils_uclient picks from the
+whole range), so natkit accepts 0x4000-0x7FFF on the wire, as coturn does,
+while its own client only binds RFC 8656 numbers.
 
 :func:`next_frame` is the framing helper for a stream driver: given the bytes
 received so far it says what the next frame is and how many bytes it takes,
@@ -25,6 +28,9 @@ from natkit.stun.errors import DecodeError, UsageError
 MIN_CHANNEL = 0x4000
 MAX_CHANNEL = 0x4FFF
 
+#: RFC 5766 §11: the older, wider range, still accepted from clients.
+MAX_LEGACY_CHANNEL = 0x7FFF
+
 #: RFC 8656 §12.4: channel number (2 bytes) and length (2 bytes).
 CHANNEL_HEADER_LENGTH = 4
 
@@ -33,13 +39,16 @@ _PADDING = (b"", b"\x00\x00\x00", b"\x00\x00", b"\x00")
 
 
 def is_valid_channel(number: int) -> bool:
-    """RFC 8656 §12: 0x4000-0x4FFF may be bound; the rest may not."""
-    return MIN_CHANNEL <= number <= MAX_CHANNEL
+    """May ``number`` be bound? RFC 8656 §12 range plus RFC 5766's 0x5000-0x7FFF."""
+    return MIN_CHANNEL <= number <= MAX_LEGACY_CHANNEL
 
 
 def is_channel_data(data: bytes) -> bool:
-    """RFC 7983 §7: a first byte of 0x40-0x4F starts a ChannelData message."""
-    return len(data) >= CHANNEL_HEADER_LENGTH and 0x40 <= data[0] <= 0x4F
+    """RFC 7983 §7: a first byte of 0x40-0x7F starts a ChannelData message.
+
+    RFC 8656 channels start 0x40-0x4F; 0x50-0x7F are RFC 5766 channels.
+    """
+    return len(data) >= CHANNEL_HEADER_LENGTH and 0x40 <= data[0] <= 0x7F
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,7 @@ class ChannelData:
 def encode_channel_data(channel: int, data: bytes, *, pad: bool = False) -> bytes:
     """RFC 8656 §12.4: header and data; ``pad`` for TCP/TLS (RFC 8656 §12.5)."""
     if not is_valid_channel(channel):
-        raise UsageError(f"channel number 0x{channel:04x} outside 0x4000-0x4FFF")
+        raise UsageError(f"channel number 0x{channel:04x} outside 0x4000-0x7FFF")
     if len(data) > 0xFFFF:
         raise UsageError("ChannelData carries at most 65535 bytes")
     header = _HEADER.pack(channel, len(data))
@@ -66,13 +75,13 @@ def decode_channel_data(message: bytes) -> ChannelData:
     """Decode one ChannelData message; bytes past the length are padding.
 
     RFC 8656 §12.4: a message shorter than its length field says is
-    malformed, and so is a channel number outside 0x4000-0x4FFF.
+    malformed, and so is a channel number outside 0x4000-0x7FFF.
     """
     if len(message) < CHANNEL_HEADER_LENGTH:
         raise DecodeError("ChannelData shorter than its 4-byte header", 0)
     channel, length = _HEADER.unpack_from(message)
     if not is_valid_channel(channel):
-        raise DecodeError(f"channel number 0x{channel:04x} outside 0x4000-0x4FFF", 0)
+        raise DecodeError(f"channel number 0x{channel:04x} outside 0x4000-0x7FFF", 0)
     end = CHANNEL_HEADER_LENGTH + length
     if len(message) < end:
         raise DecodeError(
@@ -114,6 +123,6 @@ def next_frame(buffer: bytes | bytearray | memoryview, offset: int = 0) -> Frame
         if length & 3:
             raise DecodeError(f"STUN message length {length} is not a multiple of 4", 2)
         return Frame(FrameKind.STUN, HEADER_LENGTH + length)
-    if first <= 0x4F:
+    if first <= 0x7F:
         return Frame(FrameKind.CHANNEL_DATA, CHANNEL_HEADER_LENGTH + (length + 3 & ~3))
     raise DecodeError(f"neither STUN nor ChannelData (first byte 0x{first:02x})", 0)

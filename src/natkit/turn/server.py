@@ -463,7 +463,7 @@ class TurnServer:
         self, data: bytes, client: ClientAddress, now: float
     ) -> list[Action]:
         """A STUN or ChannelData message from ``client`` (RFC 8656 §12.4, §5)."""
-        if data and 0x40 <= data[0] <= 0x4F:
+        if data and 0x40 <= data[0] <= 0x7F:
             return self._client_channel_data(data, client, now)
         try:
             msg = decode(data)
@@ -1125,6 +1125,7 @@ class TurnServer:
         peer = msg.get(XorPeerAddress)
 
         # CHANNEL-NUMBER and XOR-PEER-ADDRESS present; number 0x4000-0x4FFF
+        # (or 0x5000-0x7FFF, which RFC 5766 clients still use)
         if channel is None or peer is None:
             raise StunProtocolError(
                 ErrorCode.BAD_REQUEST, "Missing CHANNEL-NUMBER Or XOR-PEER-ADDRESS"
