@@ -1,0 +1,378 @@
+"""Helpers for the interop tests: free ports, server processes, client output.
+
+Everything here talks to loopback only. Servers run as subprocesses whose
+output goes to a log file in a temporary directory; :class:`ServerProcess`
+polls them until they answer a STUN Binding request and always stops them
+(SIGTERM, then SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from natkit.stun.constants import HEADER_LENGTH, MAGIC_COOKIE_BYTES, Method
+
+#: how long a server may take from exec to answering STUN
+START_TIMEOUT = 15.0
+#: how long a server may take to exit after SIGTERM before it is killed
+STOP_TIMEOUT = 5.0
+#: an upper bound for one client run (none of them should need more than ~2 s)
+CLIENT_TIMEOUT = 10.0
+
+#: RFC 8489 §5: a success response to Binding has type 0x0101, an error 0x0111
+_BINDING_SUCCESS = 0x0101
+_BINDING_ERROR = 0x0111
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An IP literal and port; ``str()`` gives ``ip:port`` or ``[ip]:port``."""
+
+    ip: str
+    port: int
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.ip else socket.AF_INET
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
+        )
+
+
+def require_binary(name: str, package: str) -> str:
+    """The path of an installed program, or skip the test saying why."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(
+            f"{name} not installed (Debian package {package}); .ci/run installs it"
+        )
+    return path
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound on this machine (containers may lack IPv6)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+# -- free ports -------------------------------------------------------------
+
+
+def _bindable(ip: str, port: int, kind: socket.SocketKind) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, kind) as sock:
+        try:
+            sock.bind((ip, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_udp_port(ip: str = "127.0.0.1") -> int:
+    """A port the kernel says is free for UDP on ``ip``."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((ip, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def free_port(ip: str = "127.0.0.1", *, attempts: int = 50) -> int:
+    """A port free for both UDP and TCP on ``ip`` (STUN uses one for both).
+
+    There is a small window between this check and the server binding the
+    port; the server fixtures fail with the server's log if it loses the race.
+    """
+    for _ in range(attempts):
+        port = free_udp_port(ip)
+        if _bindable(ip, port, socket.SOCK_STREAM):
+            return port
+    raise RuntimeError(f"no port free for UDP and TCP on {ip} in {attempts} tries")
+
+
+def free_udp_port_pair(ip: str = "0.0.0.0", *, attempts: int = 50) -> int:
+    """A port P with P and P+1 both free for UDP (the RFC 3489 client opens two)."""
+    for _ in range(attempts):
+        port = free_udp_port(ip)
+        if port < 65535 and _bindable(ip, port + 1, socket.SOCK_DGRAM):
+            return port
+    raise RuntimeError(f"no free pair of UDP ports on {ip} in {attempts} tries")
+
+
+# -- readiness probes -------------------------------------------------------
+
+
+def binding_request(transaction_id: bytes) -> bytes:
+    """RFC 8489 §6.1: a Binding request with no attributes."""
+    kind = int(Method.BINDING).to_bytes(2, "big")
+    return kind + b"\x00\x00" + MAGIC_COOKIE_BYTES + transaction_id
+
+
+def is_binding_answer(data: bytes, transaction_id: bytes) -> bool:
+    """A Binding success or error response to the request with this id."""
+    if len(data) < HEADER_LENGTH:
+        return False
+    kind = int.from_bytes(data[0:2], "big")
+    return kind in (_BINDING_SUCCESS, _BINDING_ERROR) and data[8:20] == transaction_id
+
+
+def udp_answers(server: Endpoint, *, wait: float = 0.2) -> bool:
+    """Whether a Binding request over UDP gets an answer within ``wait`` s."""
+    transaction_id = os.urandom(12)
+    with socket.socket(server.family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(wait)
+        try:
+            sock.sendto(binding_request(transaction_id), (server.ip, server.port))
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                data = sock.recv(2048)
+                if is_binding_answer(data, transaction_id):
+                    return True
+        except OSError:  # timeout, or ICMP port unreachable while starting
+            return False
+    return False
+
+
+def tcp_accepts(server: Endpoint, *, wait: float = 0.2) -> bool:
+    """Whether a TCP connection to ``server`` is accepted within ``wait`` s."""
+    try:
+        with socket.create_connection((server.ip, server.port), timeout=wait):
+            return True
+    except OSError:
+        return False
+
+
+# -- server processes -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """One endpoint a server should serve, and whether it is UDP or a stream."""
+
+    endpoint: Endpoint
+    udp: bool
+
+    def ready(self) -> bool:
+        if self.udp:
+            return udp_answers(self.endpoint)
+        return tcp_accepts(self.endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerProcess:
+    """A server started by a fixture: its process, where it listens, its log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    endpoint: Endpoint
+    log_path: Path
+    workdir: Path
+    tls_endpoint: Endpoint | None = None
+
+    def log_text(self) -> str:
+        """The server's output so far (for assertion messages)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, wait, then SIGKILL; reaps the process in every case."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait(timeout=STOP_TIMEOUT)
+
+
+@contextlib.contextmanager
+def running_server(
+    name: str,
+    argv: Sequence[str],
+    *,
+    workdir: Path,
+    listeners: Sequence[Listener],
+    env: Mapping[str, str] | None = None,
+    tls_endpoint: Endpoint | None = None,
+) -> Iterator[ServerProcess]:
+    """Start ``argv`` in ``workdir``, wait until every listener answers, stop it.
+
+    Fails the test with the server's log if it exits early or is not ready in
+    :data:`START_TIMEOUT` seconds.
+    """
+    log_path = workdir / f"{name}.out"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(argv),
+            cwd=workdir,
+            env=dict(os.environ if env is None else env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(
+        name=name,
+        process=process,
+        endpoint=listeners[0].endpoint,
+        log_path=log_path,
+        workdir=workdir,
+        tls_endpoint=tls_endpoint,
+    )
+    try:
+        _wait_ready(server, listeners)
+        yield server
+    finally:
+        _stop(process)
+
+
+def _wait_ready(server: ServerProcess, listeners: Sequence[Listener]) -> None:
+    pending = list(listeners)
+    deadline = time.monotonic() + START_TIMEOUT
+    while pending:
+        code = server.process.poll()
+        if code is not None:
+            pytest.fail(
+                f"{server.name} exited with {code} before it was ready:\n"
+                f"{server.log_tail()}"
+            )
+        if time.monotonic() > deadline:
+            waiting = ", ".join(str(item.endpoint) for item in pending)
+            pytest.fail(
+                f"{server.name} not answering on {waiting} after {START_TIMEOUT} s:\n"
+                f"{server.log_tail()}"
+            )
+        pending = [item for item in pending if not item.ready()]
+        if pending:
+            time.sleep(0.05)
+
+
+# -- clients ----------------------------------------------------------------
+
+
+def run_client(argv: Sequence[str], *, timeout: float = CLIENT_TIMEOUT) -> Completed:
+    """Run a client to completion; fail (not hang) if it takes too long.
+
+    ``turnutils_stunclient`` waits forever when no answer comes, so every
+    client run has a time limit.
+    """
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = _text(exc.stdout) + _text(exc.stderr)
+        pytest.fail(f"{argv[0]} gave no result in {timeout} s; output:\n{out}")
+    return Completed(
+        argv=tuple(argv),
+        returncode=done.returncode,
+        stdout=_text(done.stdout),
+        stderr=_text(done.stderr),
+    )
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A finished client run, with its output as text."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def describe(self) -> str:
+        """Everything about the run, for assertion messages."""
+        return (
+            f"$ {' '.join(self.argv)}\nexit {self.returncode}\n"
+            f"--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+        )
+
+
+# turnutils_stunclient (coturn 4.6.1) prints, on stdout and again through its
+# logger, one line per answer:
+#   0: : IPv4. UDP reflexive addr: 127.0.0.1:42142
+# It exits 0 whatever happens; failures are only visible as other lines:
+#   "Cannot read the response"   (no XOR-MAPPED-ADDRESS in the response)
+#   "The response is an error 400 (Bad Request)"
+_REFLEXIVE = re.compile(r"IPv[46]\. UDP reflexive addr: (\S+):(\d+)\s*$", re.M)
+TURNUTILS_FAILURES = ("Cannot read the response", "The response is an error")
+
+
+def turnutils_reflexive(output: str) -> list[Endpoint]:
+    """The reflexive addresses ``turnutils_stunclient`` reported."""
+    return [Endpoint(ip, int(port)) for ip, port in _REFLEXIVE.findall(output)]
+
+
+# Debian's `stun` (stun-client 0.97, RFC 3489) with -v writes its trace to
+# stderr; each decoded response shows `MappedAddress = IP:PORT`. Its first
+# request ("test I") comes from the -p source port, so the first
+# MappedAddress line is that port's mapping.
+_MAPPED_3489 = re.compile(r"^MappedAddress = (\S+):(\d+)\s*$", re.M)
+_PRIMARY = re.compile(r"^Primary: (.*?)\s*$", re.M)
+_TEST_RESULT = re.compile(r"^test (I|II|III|I\(2\)) = ([01])\s*$", re.M)
+
+
+def rfc3489_mapped(trace: str) -> list[Endpoint]:
+    """Every MAPPED-ADDRESS the RFC 3489 client decoded, in order."""
+    return [Endpoint(ip, int(port)) for ip, port in _MAPPED_3489.findall(trace)]
+
+
+def rfc3489_primary(stdout: str) -> str | None:
+    """The NAT type line (``Open``, ``Firewall``, ``Blocked or could not...``)."""
+    match = _PRIMARY.search(stdout)
+    return match.group(1) if match else None
+
+
+def rfc3489_test_answered(trace: str, name: str) -> bool:
+    """Whether the client's RFC 3489 §10.1 test ``name`` ("I", "II", "III",
+    "I(2)") got a response, from its ``test I = 1`` summary line."""
+    for test, flag in _TEST_RESULT.findall(trace):
+        if test == name:
+            return bool(flag == "1")
+    return False
+
+
+def json_output(done: Completed) -> object:
+    """The JSON a ``--json`` command printed on stdout."""
+    try:
+        parsed: object = json.loads(done.stdout)
+    except json.JSONDecodeError as exc:
+        pytest.fail(f"stdout is not JSON ({exc}):\n{done.describe()}")
+    return parsed
