@@ -6,24 +6,21 @@ Hosts are IP literals only, IPv6 in brackets; a missing port is the RFC 8489
 
 import ipaddress
 from dataclasses import dataclass
-from enum import StrEnum
+
+from natkit.stun.transaction import Transport
 
 #: RFC 8489 §9: the default port for STUN over UDP and TCP.
 DEFAULT_PORT = 3478
 #: RFC 8489 §9: the default port for STUN over TLS.
 DEFAULT_TLS_PORT = 5349
 
-
-class Transport(StrEnum):
-    """How a listener carries STUN (RFC 8489 §6.2)."""
-
-    UDP = "udp"
-    TCP = "tcp"
-    TLS = "tls"
-
-    @property
-    def is_stream(self) -> bool:
-        return self is not Transport.UDP
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_TLS_PORT",
+    "ListenAddress",
+    "Transport",
+    "format_endpoint",
+]
 
 
 @dataclass(frozen=True, slots=True)
