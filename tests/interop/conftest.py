@@ -68,6 +68,32 @@ Debian ``stun`` (stun-client 0.97, the Vovida RFC 3489 client)
     test I(2). natkit serve (first version) answers test I with MAPPED-ADDRESS
     only, and the change-flag requests with 420 + UNKNOWN-ATTRIBUTES, as coturn
     does without RFC 5780: the client reports "Open", exit status 1.
+
+coturn as a TURN server (``coturn_turn_server``)
+    ``--lt-cred-mech --user U:P --realm R`` (long-term credentials, the user
+    given in plain text), ``--allow-loopback-peers`` (else a loopback peer
+    gets 403), ``--min-port/--max-port`` for the relay ports, and the same
+    loopback/temp-dir flags as above without ``--stun-only --no-auth``.
+
+``turnutils_peer`` (coturn 4.6.1)
+    ``turnutils_peer -L 127.0.0.1 -p P``: a UDP echo server on P *and* P+1
+    (turnutils_uclient sends its "RTCP" stream to the peer port + 1). It echoes
+    every datagram unchanged, so readiness is an echoed datagram.
+
+``turnutils_uclient`` (coturn 4.6.1)
+    ``turnutils_uclient -u U -w P -p PORT -e PEER_IP -r PEER_PORT -n N -m M
+    -l LEN SERVER_IP``. The realm comes from the 401 (there is no realm
+    option; ``-r`` is the peer port). ``-t`` TCP, ``-t -S`` TLS (``-S``
+    without ``-t`` would be DTLS, which natkit does not serve); it does not
+    verify the certificate unless given ``-E``. ``-c``: one allocation per
+    client; without it each client makes two (RTP and RTCP, ``msz=2``), the
+    second talking to PEER_PORT + 1. ``-s``: Send/Data indications instead of
+    ChannelBind/ChannelData. ``-y``: clients pair up and send to each other's
+    relayed addresses (no echo peer involved). Channel numbers are picked at
+    random in 0x4000-0x7FFF (RFC 5766 allowed up to 0x7FFF). It never deletes
+    its UDP allocations (they expire), so a server under test is started with
+    no per-user quota. The summary is parsed by
+    :func:`peers.uclient_summary`; a run takes 2-7 s whatever ``-n`` is.
 """
 
 from __future__ import annotations
@@ -75,17 +101,22 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from .peers import (
+    TURN_PASSWORD,
+    TURN_REALM,
+    TURN_USER,
     Endpoint,
     Listener,
     ServerProcess,
     free_port,
+    free_udp_port_pair,
     has_ipv6_loopback,
+    relay_port_window,
     require_binary,
     running_server,
 )
@@ -103,13 +134,19 @@ def natkit_argv() -> list[str]:
 
 
 def _natkit_serve(
-    natkit_argv: list[str], workdir: Path, ip: str, *, tls: bool
+    natkit_argv: list[str],
+    workdir: Path,
+    ip: str,
+    *,
+    tls: bool,
+    extra: Sequence[str] = (),
 ) -> Iterator[ServerProcess]:
     """``natkit serve`` on ``ip``: UDP and TCP on one port, TLS on another.
 
     ``natkit serve --listen udp:IP:P --listen tcp:IP:P --listen tls:IP:Q
-    --data-dir WORKDIR/data --log-level debug``: the generated TLS certificate
-    and key land in ``WORKDIR/data``, the output in ``WORKDIR/natkit-serve.out``.
+    --data-dir WORKDIR/data --log-level debug [EXTRA...]``: the generated TLS
+    certificate and key land in ``WORKDIR/data``, the output in
+    ``WORKDIR/natkit-serve.out``.
     """
     port = free_port(ip)
     udp, tcp = Endpoint(ip, port), Endpoint(ip, port)
@@ -124,6 +161,7 @@ def _natkit_serve(
     argv += ["--log-level", "debug"]
     for item in listen:
         argv += ["--listen", item]
+    argv += extra
     # a developer's own NATKIT_* settings must not change the server under test
     env = {k: v for k, v in os.environ.items() if not k.startswith("NATKIT_")}
     with running_server(
@@ -155,6 +193,115 @@ def natkit_server_v6(
         pytest.skip("no IPv6 loopback (::1) on this machine")
     workdir = tmp_path_factory.mktemp("natkit-serve-v6")
     yield from _natkit_serve(natkit_argv, workdir, "::1", tls=True)
+
+
+def _natkit_turn_flags(*, allow_loopback: bool) -> list[str]:
+    """TURN settings for ``natkit serve``: the interop user, relays on
+    127.0.0.1, no per-user quota (turnutils_uclient leaves its UDP
+    allocations to expire), and loopback peers allowed or not."""
+    low, high = relay_port_window()
+    flags = ["--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", TURN_REALM]
+    flags += ["--relay-ip", "127.0.0.1", "--relay-ports", f"{low}-{high}"]
+    flags += ["--user-quota", "0"]
+    if allow_loopback:
+        flags += ["--allow-peer", "127.0.0.1/32"]
+    return flags
+
+
+@pytest.fixture(scope="module")
+def natkit_turn_server(
+    natkit_argv: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """``natkit serve`` as a TURN server on 127.0.0.1 (UDP+TCP, TLS on another
+    port) with ``--allow-peer 127.0.0.1/32``, so loopback echo peers work."""
+    workdir = tmp_path_factory.mktemp("natkit-turn")
+    flags = _natkit_turn_flags(allow_loopback=True)
+    yield from _natkit_serve(natkit_argv, workdir, "127.0.0.1", tls=True, extra=flags)
+
+
+@pytest.fixture(scope="module")
+def natkit_turn_server_strict(
+    natkit_argv: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """``natkit serve`` as a TURN server with the default peer policy: loopback
+    peers are denied, except the relayed addresses of its own allocations."""
+    workdir = tmp_path_factory.mktemp("natkit-turn-strict")
+    flags = _natkit_turn_flags(allow_loopback=False)
+    yield from _natkit_serve(natkit_argv, workdir, "127.0.0.1", tls=True, extra=flags)
+
+
+@pytest.fixture(scope="module")
+def turnutils_echo_peer(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
+    """coturn's ``turnutils_peer``: a UDP echo peer on 127.0.0.1:P and P+1."""
+    binary = require_binary("turnutils_peer", "coturn")
+    workdir = tmp_path_factory.mktemp("turnutils-peer")
+    endpoint = Endpoint("127.0.0.1", free_udp_port_pair("127.0.0.1"))
+    second = Endpoint(endpoint.ip, endpoint.port + 1)
+    argv = [binary, "-L", endpoint.ip, "-p", str(endpoint.port)]
+    with running_server(
+        "turnutils_peer",
+        argv,
+        workdir=workdir,
+        listeners=[
+            Listener(endpoint, udp=True, echo=True),
+            Listener(second, udp=True, echo=True),
+        ],
+    ) as peer:
+        yield peer
+
+
+@pytest.fixture(scope="module")
+def coturn_turn_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServerProcess]:
+    """coturn's ``turnserver`` as a TURN server on 127.0.0.1 (UDP+TCP):
+    long-term credentials for the interop user, loopback peers allowed."""
+    binary = require_binary("turnserver", "coturn")
+    workdir = tmp_path_factory.mktemp("coturn-turn")
+    endpoint = Endpoint("127.0.0.1", free_port("127.0.0.1"))
+    low, high = relay_port_window()
+    argv = [
+        binary,
+        "-n",
+        "-v",
+        "--listening-ip",
+        endpoint.ip,
+        "--relay-ip",
+        endpoint.ip,
+        "--listening-port",
+        str(endpoint.port),
+        "--min-port",
+        str(low),
+        "--max-port",
+        str(high),
+        "--lt-cred-mech",
+        "--user",
+        f"{TURN_USER}:{TURN_PASSWORD}",
+        "--realm",
+        TURN_REALM,
+        "--allow-loopback-peers",
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--no-rfc5780",
+        "--log-file",
+        str(workdir / "turn.log"),
+        "--simple-log",
+        "--no-stdout-log",
+        "--userdb",
+        str(workdir / "turndb"),
+        "--pidfile",
+        str(workdir / "turnserver.pid"),
+    ]
+    with running_server(
+        "turnserver",
+        argv,
+        workdir=workdir,
+        listeners=[Listener(endpoint, udp=True), Listener(endpoint, udp=False)],
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,17 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -31,6 +34,13 @@ START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 #: an upper bound for one client run (none of them should need more than ~2 s)
 CLIENT_TIMEOUT = 10.0
+
+#: the long-term credentials (RFC 8489 §9.2) every TURN server fixture accepts
+TURN_USER = "interop"
+TURN_PASSWORD = "interop-secret"
+TURN_REALM = "natkit.interop"
+#: how many relay ports a TURN server fixture gets
+RELAY_WINDOW = 400
 
 #: RFC 8489 §5: a success response to Binding has type 0x0101, an error 0x0111
 _BINDING_SUCCESS = 0x0101
@@ -118,6 +128,16 @@ def free_udp_port_pair(ip: str = "0.0.0.0", *, attempts: int = 50) -> int:
     raise RuntimeError(f"no free pair of UDP ports on {ip} in {attempts} tries")
 
 
+def relay_port_window(size: int = RELAY_WINDOW) -> tuple[int, int]:
+    """A random ``size``-port range in 50000-59999 for a TURN server's relays.
+
+    Both servers skip relay ports that another program holds, so the range
+    need not be free; a random one keeps parallel runs apart.
+    """
+    low = 50000 + secrets.randbelow(10000 - size)
+    return low, low + size - 1
+
+
 # -- readiness probes -------------------------------------------------------
 
 
@@ -152,6 +172,23 @@ def udp_answers(server: Endpoint, *, wait: float = 0.2) -> bool:
     return False
 
 
+def udp_echoes(peer: Endpoint, *, wait: float = 0.2) -> bool:
+    """Whether a UDP datagram to ``peer`` comes back unchanged within ``wait`` s
+    (the readiness probe of an echo peer such as ``turnutils_peer``)."""
+    payload = b"natkit-echo-probe " + os.urandom(8)
+    with socket.socket(peer.family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(wait)
+        try:
+            sock.sendto(payload, (peer.ip, peer.port))
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                if sock.recv(2048) == payload:
+                    return True
+        except OSError:
+            return False
+    return False
+
+
 def tcp_accepts(server: Endpoint, *, wait: float = 0.2) -> bool:
     """Whether a TCP connection to ``server`` is accepted within ``wait`` s."""
     try:
@@ -166,13 +203,20 @@ def tcp_accepts(server: Endpoint, *, wait: float = 0.2) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Listener:
-    """One endpoint a server should serve, and whether it is UDP or a stream."""
+    """One endpoint a server should serve, and whether it is UDP or a stream.
+
+    A UDP listener is ready when it answers a STUN Binding request, or, with
+    ``echo``, when it sends a datagram back unchanged (an echo peer).
+    """
 
     endpoint: Endpoint
     udp: bool
+    echo: bool = False
 
     def ready(self) -> bool:
         if self.udp:
+            if self.echo:
+                return udp_echoes(self.endpoint)
             return udp_answers(self.endpoint)
         return tcp_accepts(self.endpoint)
 
@@ -302,6 +346,73 @@ def run_client(argv: Sequence[str], *, timeout: float = CLIENT_TIMEOUT) -> Compl
     )
 
 
+def run_clients_together(
+    argvs: Mapping[str, Sequence[str]], *, timeout: float = CLIENT_TIMEOUT
+) -> dict[str, Completed]:
+    """Start every client at once and wait for all: their runs overlap.
+
+    For clients such as ``turnutils_uclient`` that spend seconds waiting
+    whatever they do. Output goes to temporary files (no pipe can fill up).
+    A client still running after ``timeout`` seconds is killed (SIGKILL, so
+    its return code is -9) and its ``stderr`` says so.
+    """
+    started: dict[str, _Started] = {}
+    try:
+        for name, argv in argvs.items():
+            started[name] = _start_to_files(argv)
+        deadline = time.monotonic() + timeout
+        return {name: _collect(run, timeout, deadline) for name, run in started.items()}
+    finally:
+        for run in started.values():
+            if run.process.poll() is None:
+                run.process.kill()
+                run.process.wait()
+            run.out.close()
+            run.err.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Started:
+    """A client started by :func:`run_clients_together` and its output files."""
+
+    argv: tuple[str, ...]
+    process: subprocess.Popen[bytes]
+    out: IO[bytes]
+    err: IO[bytes]
+
+
+def _start_to_files(argv: Sequence[str]) -> _Started:
+    out: IO[bytes] = tempfile.TemporaryFile()
+    err: IO[bytes] = tempfile.TemporaryFile()
+    try:
+        process = subprocess.Popen(
+            list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+        )
+    except OSError:
+        out.close()
+        err.close()
+        raise
+    return _Started(tuple(argv), process, out, err)
+
+
+def _collect(run: _Started, timeout: float, deadline: float) -> Completed:
+    note = ""
+    try:
+        code = run.process.wait(max(deadline - time.monotonic(), 0))
+    except subprocess.TimeoutExpired:
+        run.process.kill()
+        code = run.process.wait()
+        note = f"\n(killed: no result in {timeout} s)\n"
+    run.out.seek(0)
+    run.err.seek(0)
+    return Completed(
+        argv=run.argv,
+        returncode=code,
+        stdout=_text(run.out.read()),
+        stderr=_text(run.err.read()) + note,
+    )
+
+
 def _text(data: bytes | str | None) -> str:
     if data is None:
         return ""
@@ -367,6 +478,50 @@ def rfc3489_test_answered(trace: str, name: str) -> bool:
         if test == name:
             return bool(flag == "1")
     return False
+
+
+# turnutils_uclient (coturn 4.6.1) ends with a summary, one line each, after a
+# "SECONDS: : " prefix:
+#   start_mclient: tot_send_msgs=40, tot_recv_msgs=40
+#   start_mclient: tot_send_bytes ~ 4800, tot_recv_bytes ~ 4800
+#   Total lost packets 0 (0.000000%), total send dropped 0 (0.000000%)
+# (progress lines before them also say tot_send_msgs, after "msz=N, "). It
+# exits 0 when it got that far, 255 after an error such as
+#   channel bind: error 403 (Forbidden)
+_UCLIENT_MSGS = re.compile(
+    r"start_mclient: tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$", re.M
+)
+_UCLIENT_LOST = re.compile(
+    r"Total lost packets (\d+) \(([\d.]+)%\), total send dropped (\d+)", re.M
+)
+_UCLIENT_ERROR = re.compile(r"error (\d{3}) \(([^)]*)\)")
+
+
+@dataclass(frozen=True, slots=True)
+class UclientSummary:
+    """The totals ``turnutils_uclient`` printed at the end of a run."""
+
+    sent: int
+    received: int
+    lost: int
+    send_dropped: int
+
+
+def uclient_summary(output: str) -> UclientSummary | None:
+    """The final totals of a ``turnutils_uclient`` run; None if it printed
+    none (it stopped at an error)."""
+    msgs = _UCLIENT_MSGS.findall(output)
+    lost = _UCLIENT_LOST.findall(output)
+    if not msgs or not lost:
+        return None
+    sent, received = msgs[-1]
+    lost_packets, _, dropped = lost[-1]
+    return UclientSummary(int(sent), int(received), int(lost_packets), int(dropped))
+
+
+def uclient_errors(output: str) -> list[int]:
+    """The STUN error codes ``turnutils_uclient`` reported (``error 403 (...)``)."""
+    return [int(code) for code, _ in _UCLIENT_ERROR.findall(output)]
 
 
 def json_output(done: Completed) -> object:

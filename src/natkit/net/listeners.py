@@ -20,6 +20,10 @@ when that declines, to the driver with every other STUN method. Streams are then
 :class:`~natkit.net.framing.TurnStreamFramer` (STUN and padded ChannelData,
 RFC 8656 §12.5), and a connection that holds an allocation is not closed
 for idleness: the allocation's lifetime governs it.
+
+With :class:`~natkit.net.rfc5780.Rfc5780Sockets` (RFC 5780 NAT behaviour
+discovery) the listeners on its four addresses give Binding requests to it
+instead of the fast path and the responder; TURN goes to the driver first.
 """
 
 import asyncio
@@ -34,6 +38,7 @@ from natkit.net.address import ListenAddress, Transport
 from natkit.net.fastpath import BindingFastPath
 from natkit.net.framing import FramingError, StreamFramer, TurnStreamFramer
 from natkit.net.relay import ClientLink, PeerAddr, forward_channel_data
+from natkit.net.rfc5780 import Rfc5780Sockets, StreamHandler, UdpHandler
 from natkit.net.turn_driver import TurnDriver, TurnStats
 from natkit.stun.errors import NatkitError
 from natkit.stun.server import BindingResponder, ResponderStats
@@ -126,9 +131,11 @@ class StunService:
         *,
         limits: StreamLimits | None = None,
         turn: TurnDriver | None = None,
+        rfc5780: Rfc5780Sockets | None = None,
     ) -> None:
         self.responder = responder
         self.turn = turn
+        self.rfc5780 = rfc5780
         self.fast = BindingFastPath(responder.software)
         self.limits = limits or StreamLimits()
         self.counters = _Counters()
@@ -297,6 +304,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._time = _no_time
         #: the kernel buffer is full and the transport queues: drop relayed data
         self.paused = False
+        #: RFC 5780: Binding handler when this is one of the four addresses
+        self._rfc5780: UdpHandler | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # neither asyncio's nor uvloop's UDP transport subclasses DatagramTransport
@@ -305,6 +314,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._server_ip = _plain_ip(sockname[0])
         self._server_port = sockname[1]
         self._time = asyncio.get_running_loop().time
+        if self._service.rfc5780 is not None:
+            self._rfc5780 = self._service.rfc5780.udp_handler(transport)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         try:
@@ -314,6 +325,11 @@ class _UdpProtocol(asyncio.DatagramProtocol):
                 link = self.links.get(addr)
                 if link is None or not forward_channel_data(link, data, self._time()):
                     turn.client_message(link or self._new_link(addr), data)
+                return
+            rfc5780 = self._rfc5780
+            if rfc5780 is not None and (turn is None or not is_turn_message(data)):
+                # RFC 5780 §6.1: the reply may leave from another address
+                rfc5780(data, addr)
                 return
             response = self._fast(data, addr)
             if response is None:
@@ -383,6 +399,7 @@ class _StreamProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._link: ClientLink | None = None
         self._paused = False
+        self._rfc5780: StreamHandler | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         stream = cast(asyncio.Transport, transport)  # uvloop's is no subclass
@@ -397,6 +414,8 @@ class _StreamProtocol(asyncio.Protocol):
         self._ip = _plain_ip(self._peer[0])
         if self._turn is not None:
             self._link = self._new_link(stream)
+        if service.rfc5780 is not None:
+            self._rfc5780 = service.rfc5780.stream_handler(stream)
         loop = asyncio.get_running_loop()
         self._last = loop.time()
         self._timer = loop.call_at(self._last + self._timeout, self._check_idle)
@@ -459,9 +478,12 @@ class _StreamProtocol(asyncio.Protocol):
                     if is_turn_message(message):
                         turn.client_message(link, message)
                         continue
-                response = self._fast(message, self._peer)
-                if response is None:
-                    response = self._full(message, self._ip, self._peer[1])
+                if self._rfc5780 is not None:
+                    response = self._rfc5780(message, self._peer)
+                else:
+                    response = self._fast(message, self._peer)
+                    if response is None:
+                        response = self._full(message, self._ip, self._peer[1])
             except Exception:
                 self._service.internal_error()
                 continue

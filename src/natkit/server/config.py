@@ -246,6 +246,38 @@ def _validate_peer_rule(value: object) -> str:
 PeerRuleField = Annotated[str, PlainValidator(_validate_peer_rule)]
 
 
+def _validate_alternate_ip(value: object) -> str:
+    """RFC 5780 §6: the second IP, a unicast literal of this host."""
+    if not isinstance(value, str):
+        raise ValueError("expected an IP address string")
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address (no host names)") from None
+    if ip.is_unspecified:
+        raise ValueError("the alternate address must be concrete, not a wildcard")
+    if ip.is_multicast:
+        raise ValueError("the alternate address must not be multicast")
+    return str(ip)
+
+
+AlternateIpField = Annotated[str, PlainValidator(_validate_alternate_ip)]
+
+
+@dataclass(frozen=True, slots=True)
+class Rfc5780Addresses:
+    """The two IPs and two ports of an RFC 5780 server (RFC 5780 §6).
+
+    The primary is a configured UDP listener; the alternate is
+    ``alternate_ip`` with ``alternate_port`` (primary port + 1 by default).
+    """
+
+    primary_ip: str
+    primary_port: int
+    alternate_ip: str
+    alternate_port: int
+
+
 class ServerConfig(BaseModel):
     """Everything ``natkit serve`` can be told. See docs/configuration.md."""
 
@@ -284,6 +316,11 @@ class ServerConfig(BaseModel):
     bps_limit: int = Field(default=0, ge=0)
     max_lifetime: int = Field(default=3600, ge=1, le=86400)
     default_lifetime: int = Field(default=600, ge=1, le=86400)
+
+    # RFC 5780 NAT behaviour discovery; see docs/configuration.md
+    rfc5780: bool = False
+    alternate_ip: AlternateIpField | None = None
+    alternate_port: int | None = Field(default=None, ge=1, le=0xFFFF)
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -385,6 +422,14 @@ class ServerConfig(BaseModel):
         if self.tls_available:
             defaults.append(ListenAddress(Transport.TLS, "0.0.0.0", DEFAULT_TLS_PORT))
         return tuple(defaults)
+
+    def rfc5780_addresses(self) -> Rfc5780Addresses | None:
+        """The RFC 5780 §6 addresses when ``rfc5780`` is on, else None.
+
+        Raises :class:`ConfigError` when there are not two usable addresses
+        (see :func:`check_rfc5780`; :func:`load_config` runs it already).
+        """
+        return check_rfc5780(self) if self.rfc5780 else None
 
 
 #: keys whose environment value is a list, split on commas and whitespace
@@ -492,6 +537,89 @@ def _cross_check(config: ServerConfig) -> None:
             "relay_ip", list(config.relay_ip), "an address is given twice"
         )
     _check_external(config)
+    check_rfc5780(config)
+
+
+def check_rfc5780(config: ServerConfig) -> Rfc5780Addresses | None:
+    """RFC 5780 §6: two IPs of one family and two ports, or a ConfigError.
+
+    The primary address is the first UDP listener of the alternate IP's
+    family; it must be a concrete IP, since responses have to leave from
+    exactly the address the client was told about.
+    """
+    alternate = config.alternate_ip
+    if not config.rfc5780:
+        if alternate is not None:
+            raise ConfigError(
+                "alternate_ip", alternate, "has no effect without rfc5780 = true"
+            )
+        if config.alternate_port is not None:
+            raise ConfigError(
+                "alternate_port",
+                config.alternate_port,
+                "has no effect without rfc5780 = true",
+            )
+        return None
+    if alternate is None:
+        raise ConfigError(
+            "rfc5780",
+            True,
+            "needs a second IP of this host in alternate_ip (--alternate-ip): "
+            "with one address CHANGE-REQUEST cannot be answered (RFC 5780 §6)",
+        )
+
+    # step 1: the primary, the first UDP listener of the alternate's family
+    listeners = config.listeners()
+    udp = [(i, a) for i, a in enumerate(listeners) if a.transport is Transport.UDP]
+    if not udp:
+        raise ConfigError(
+            "rfc5780", True, "needs a UDP listener (--listen udp:IP:PORT)"
+        )
+    v6 = ":" in alternate
+    same_family = [(i, a) for i, a in udp if a.is_ipv6 == v6]
+    if not same_family:
+        family = "IPv6" if v6 else "IPv4"
+        raise ConfigError(
+            "alternate_ip",
+            alternate,
+            f"is {family}, but no UDP listener is (first: {udp[0][1]}); the two "
+            "addresses must be of one family",
+        )
+    index, primary = same_family[0]
+    where = f"listen[{index}]" if config.listen is not None else "listen"
+    primary_ip = ipaddress.ip_address(primary.host)
+    if primary_ip.is_unspecified:
+        raise ConfigError(
+            where,
+            str(primary),
+            "rfc5780 needs a concrete listen IP (--listen udp:IP:PORT), not a "
+            "wildcard: responses must leave from the advertised addresses",
+        )
+    if str(primary_ip) == alternate:
+        raise ConfigError(
+            "alternate_ip",
+            alternate,
+            f"must differ from the primary listen IP {primary_ip} (RFC 5780 §6)",
+        )
+
+    # step 2: the alternate port, primary + 1 unless given
+    port = config.alternate_port
+    if port is None:
+        if primary.port >= 0xFFFF:
+            raise ConfigError(
+                "alternate_port",
+                None,
+                f"the primary port is {primary.port}, so there is no port + 1; "
+                "set alternate_port",
+            )
+        port = primary.port + 1
+    elif port == primary.port:
+        raise ConfigError(
+            "alternate_port",
+            port,
+            f"must differ from the primary port {primary.port} (RFC 5780 §6)",
+        )
+    return Rfc5780Addresses(str(primary_ip), primary.port, alternate, port)
 
 
 def _check_external(config: ServerConfig) -> None:

@@ -8,6 +8,10 @@ With ``turn`` on (the default) the listeners also serve TURN (RFC 8656):
 :func:`build_turn` puts together the relay addresses, the credentials
 (``--user`` users, the user store, REST secrets), the peer policy, the quotas
 and the sans-IO :class:`~natkit.turn.server.TurnServer` with its driver.
+
+With ``rfc5780`` on, :func:`build_rfc5780` adds the listeners of the other
+three RFC 5780 §6 addresses and the responder that answers Binding on all
+four (:mod:`natkit.net.rfc5780`).
 """
 
 import asyncio
@@ -22,9 +26,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from natkit import __version__
+from natkit.nat.endpoint import Endpoint
+from natkit.nat.server import Rfc5780Responder
 from natkit.net.address import ListenAddress, Transport
 from natkit.net.listeners import ServiceStats, StreamLimits, StunService
 from natkit.net.relay import DONT_FRAGMENT_SUPPORTED, RelayIp, RelayPorts
+from natkit.net.rfc5780 import Rfc5780Sockets
 from natkit.net.turn_driver import TurnDriver
 from natkit.security.certs import TlsFiles, ensure_self_signed, server_context
 from natkit.server.config import ServerConfig
@@ -136,6 +143,16 @@ async def serve(
             turn.fast_to_client,
             turn.send_errors,
         )
+    if service.rfc5780 is not None:
+        rfc5780 = service.rfc5780.stats()
+        logger.info(
+            "RFC 5780 stopped: %d responses (%d errors), %d malformed, "
+            "%d not sent (socket closed)",
+            rfc5780.responder.requests,
+            rfc5780.responder.errors,
+            rfc5780.responder.malformed,
+            rfc5780.no_socket,
+        )
     return stats
 
 
@@ -153,11 +170,16 @@ async def _start(
         except NatkitError as exc:
             raise StartupError(str(exc)) from None
 
-    # step 2: TURN, when asked for: relays, credentials, policy, the core
+    # step 2: RFC 5780, when asked for: listeners on the other addresses
+    rfc5780 = build_rfc5780(config)
+    if rfc5780 is not None:
+        listeners = (*listeners, *rfc5780.extra_listeners(listeners))
+
+    # step 3: TURN, when asked for: relays, credentials, policy, the core
     responder = BindingResponder(config.software)
     turn = build_turn(config, listeners, responder) if config.turn else None
 
-    # step 3: the listeners
+    # step 4: the listeners
     service = StunService(
         responder,
         limits=StreamLimits(
@@ -166,6 +188,7 @@ async def _start(
             max_message_size=config.max_message_size,
         ),
         turn=turn,
+        rfc5780=rfc5780,
     )
     try:
         bound = await service.start(listeners, ssl_context=ssl_context)
@@ -181,7 +204,22 @@ async def _start(
             config.relay_ports,
             config.realm,
         )
+    if rfc5780 is not None:
+        logger.info("%s", rfc5780.describe())
     return service
+
+
+def build_rfc5780(config: ServerConfig) -> Rfc5780Sockets | None:
+    """The RFC 5780 §6 responder for the configured addresses, or None."""
+    addresses = config.rfc5780_addresses()
+    if addresses is None:
+        return None
+    responder = Rfc5780Responder(
+        Endpoint(addresses.primary_ip, addresses.primary_port),
+        Endpoint(addresses.alternate_ip, addresses.alternate_port),
+        software=config.software,
+    )
+    return Rfc5780Sockets(responder)
 
 
 # --- TURN --------------------------------------------------------------------
