@@ -57,6 +57,7 @@ The relay data path (ChannelData, Send and Data indications) costs a few
 dict lookups and no logging; drops are counted in :meth:`TurnServer.stats`.
 """
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -413,6 +414,10 @@ class TurnServer:
         )
         self._by_client: dict[ClientAddress, Allocation] = {}
         self._by_relay: dict[RelayAddress, Allocation] = {}
+        #: live channels whose peer is a relayed address on this server, by
+        #: that address: allowed by the relayed-address exception, they are
+        #: checked again when the address goes (see _drop_channels_to)
+        self._channels_to_relay: dict[RelayAddress, set[ChannelBinding]] = {}
         self._reservations: dict[bytes, Reservation] = {}
         self._timers = ExpiryHeap()
         self._quota = AllocationQuota(self.config.quota)
@@ -571,6 +576,7 @@ class TurnServer:
             elif isinstance(target, ChannelBinding):
                 alloc = target.allocation
                 alloc.remove_channel(target)
+                self._untrack_channel(target)
                 self.events.emit(
                     ChannelExpired(
                         alloc.id, target.number, target.peer_ip, target.peer_port
@@ -1156,6 +1162,7 @@ class TurnServer:
         )
         if binding is not None:
             self._timers.push(binding)
+            self._track_channel(binding)
             self.events.emit(ChannelBound(alloc.id, channel.number, peer.ip, peer.port))
         self._install_permission(alloc, peer.ip, now + self.config.permission_lifetime)
         return ()
@@ -1172,6 +1179,8 @@ class TurnServer:
         """Free everything the allocation holds, release and close its relays."""
         if not alloc.alive:
             return
+        for binding in alloc.channels.values():
+            self._untrack_channel(binding)
         alloc.end()
         if self._by_client.get(alloc.client) is alloc:
             del self._by_client[alloc.client]
@@ -1180,6 +1189,8 @@ class TurnServer:
                 del self._by_relay[relay]
             self.relays.release(relay)
             actions.append(CloseRelay(relay))
+        for relay in alloc.relays:
+            self._drop_channels_to(relay)
         self._quota.remove(alloc.quota_user)
         duration = now - alloc.created_at
         stats = alloc.stats()
@@ -1192,6 +1203,41 @@ class TurnServer:
                 AllocationDeleted(alloc.id, alloc.username, reason, duration, stats)
             )
         logger.debug("[%s] allocated -> %s", alloc.id, reason)
+
+    def _track_channel(self, binding: ChannelBinding) -> None:
+        """Remember a channel to another allocation's relayed address."""
+        target = _relay_key(binding.peer_ip, binding.peer_port)
+        if target in self._by_relay:
+            self._channels_to_relay.setdefault(target, set()).add(binding)
+
+    def _untrack_channel(self, binding: ChannelBinding) -> None:
+        target = _relay_key(binding.peer_ip, binding.peer_port)
+        bindings = self._channels_to_relay.get(target)
+        if bindings is not None:
+            bindings.discard(binding)
+            if not bindings:
+                del self._channels_to_relay[target]
+
+    def _drop_channels_to(self, relay: RelayAddress) -> None:
+        """RFC 8656 §21: ``relay`` is no longer a relayed address here.
+
+        Channels to it were allowed because it was; unless the policy allows
+        the address by itself now, they end at once, so that the port, once
+        free, is not a way to reach whatever binds it next. (Send indications
+        are checked per packet and need nothing here.)
+        """
+        for binding in self._channels_to_relay.pop(relay, ()):
+            if not binding.alive:
+                continue
+            if self.policy.check(binding.peer_ip, binding.peer_port).allowed:
+                continue
+            alloc = binding.allocation
+            alloc.remove_channel(binding)
+            self.events.emit(
+                ChannelExpired(
+                    alloc.id, binding.number, binding.peer_ip, binding.peer_port
+                )
+            )
 
     def _end_reservation(self, reservation: Reservation, actions: list[Action]) -> None:
         """RFC 8656 §7.2: an unused reserved port goes back to the allocator."""
@@ -1231,6 +1277,18 @@ _HANDLERS: dict[int, _Handler] = {
     Method.CHANNEL_BIND: TurnServer._channel_bind,
 }
 _HANDLED_METHODS = frozenset((Method.ALLOCATE, *_HANDLERS))
+
+
+def _relay_key(ip: str, port: int) -> RelayAddress:
+    """The relayed address a peer ``ip``:``port`` names: IPv4-mapped and
+    IPv4-compatible IPv6 as the IPv4 address, as the peer policy reads them
+    (RFC 4291 §2.5.5)."""
+    if ":" not in ip:
+        return RelayAddress(ip, port)
+    value = int(ipaddress.IPv6Address(ip))
+    if value >> 32 in (0, 0xFFFF) and value > 1:
+        return RelayAddress(str(ipaddress.IPv4Address(value & 0xFFFFFFFF)), port)
+    return RelayAddress(str(ipaddress.IPv6Address(value)), port)
 
 
 def _method_name(method: int) -> str:
