@@ -101,7 +101,7 @@ def test_add_password_stdin_realm_and_algorithm(tmp_path: Path) -> None:
 def test_add_prompts_twice_on_a_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cli, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(cli.users, "_stdin_is_tty", lambda: True)
     result = run(
         "users", "add", "carol", "--data-dir", str(tmp_path), input="s3cret\ns3cret\n"
     )
