@@ -9,9 +9,8 @@ start fast), import the module below and add one ``main.add_command`` line.
 import click
 
 from natkit import __version__
-from natkit.cli import bench, credentials, probe, serve, stun, turn, users
+from natkit.cli import bench, credentials, lab, probe, serve, stun, turn, users
 from natkit.cli._common import _OneLineGroup
-from natkit.cli_lab import lab as _lab_group
 
 
 @click.group(
@@ -30,4 +29,4 @@ main.add_command(credentials.credentials)
 main.add_command(credentials.secrets_group)
 main.add_command(turn.turn)
 main.add_command(probe.probe)
-main.add_command(_lab_group)
+main.add_command(lab.lab)

@@ -14,10 +14,11 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import NoReturn
 
 import click
 
+from natkit.cli._common import _die, _OneLineGroup
 from natkit.lab.nat_rules import NatSpec
 from natkit.lab.netns import LabError, list_netns
 from natkit.lab.topology import Lab, LabHost, LabState, check_prefix, state_dir
@@ -25,53 +26,6 @@ from natkit.lab.topology import Lab, LabHost, LabState, check_prefix, state_dir
 #: Default lab names are ``nk-lab1-``, ``nk-lab2-``, ...: short, and never
 #: mistaken for the ``nk-<pid>-`` labs of a process (those go when it dies).
 _DEFAULT_NAME = "nk-lab{}-"
-
-
-# --- one-line errors ---------------------------------------------------------
-
-
-class _OneLineUsageError(click.UsageError):
-    """A click usage error shown as one ``natkit: error:`` line (exit 2)."""
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        message = self.format_message().rstrip(".")
-        message = message[:1].lower() + message[1:]
-        hint = f" (see: {self.ctx.command_path} --help)" if self.ctx else ""
-        click.echo(f"natkit: error: {message}{hint}", err=True)
-
-
-class _LabCommand(click.Command):
-    def make_context(
-        self,
-        info_name: str | None,
-        args: list[str],
-        parent: click.Context | None = None,
-        **extra: Any,
-    ) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
-
-
-class _LabGroup(click.Group):
-    command_class = _LabCommand
-
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        try:
-            return super().resolve_command(ctx, args)
-        except click.UsageError as exc:
-            raise _OneLineUsageError(exc.format_message(), exc.ctx) from None
-
-
-def _die(message: str, code: int = 1) -> NoReturn:
-    """One error line on stderr; exit 2 for usage errors, 1 for the rest."""
-    click.echo(f"natkit: error: {message}", err=True)
-    sys.exit(code)
 
 
 def _die_os(exc: OSError) -> NoReturn:
@@ -98,7 +52,7 @@ The lab needs root. See docs/nat-lab.md.
 """
 
 
-@click.group("lab", cls=_LabGroup, epilog=_LAB_EPILOG)
+@click.group("lab", cls=_OneLineGroup, epilog=_LAB_EPILOG)
 def lab() -> None:
     """NAT lab: real kernel NATs in network namespaces.
 
@@ -331,11 +285,12 @@ def lab_exec(lab_name: str | None, host: str, command: tuple[str, ...]) -> None:
     env = _exec_env()
     if shutil.which(command[0], path=env["PATH"]) is None:
         _die(f"command not found: {command[0]}", 127)
+    ip = shutil.which("ip", path=f"{env['PATH']}{os.pathsep}/usr/sbin:/sbin")
     argv = ["ip", "netns", "exec", netns, *command]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        os.execvpe("ip", argv, env)
+        os.execve(ip or "/usr/sbin/ip", argv, env)
     except OSError as exc:
         _die(f"cannot run ip netns exec: {exc.strerror or exc}")
 
