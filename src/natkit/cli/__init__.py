@@ -9,7 +9,7 @@ start fast), import the module below and add one ``main.add_command`` line.
 import click
 
 from natkit import __version__
-from natkit.cli import bench, credentials, lab, probe, serve, stun, turn, users
+from natkit.cli import bench, credentials, ice, lab, probe, serve, stun, turn, users
 from natkit.cli._common import _OneLineGroup
 
 
@@ -30,3 +30,4 @@ main.add_command(credentials.secrets_group)
 main.add_command(turn.turn)
 main.add_command(probe.probe)
 main.add_command(lab.lab)
+main.add_command(ice.ice)
