@@ -124,3 +124,37 @@ clean:
 		.coverage .coverage.* htmlcov
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +
+
+# --- container image (deploy/image, deploy/hardening, docs/deploy.md) ---------
+#
+#   make image         build dist/natkit-<version>.oci.tar as root, without a
+#                      container daemon (mmdebstrap, chroot); the last line
+#                      printed is the image digest
+#   make image-check   every rule of deploy/hardening/BENCHMARK.md on that image
+#   make image-lock    relock deploy/image/packages.lock to the newest packages
+#
+# IMAGE_SOURCE sets org.opencontainers.image.source (default: the git remote).
+
+IMAGE_SOURCE ?=
+IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/natkit/__init__.py)
+IMAGE_ARCHIVE := dist/natkit-$(IMAGE_VERSION).oci.tar
+
+.PHONY: image image-check image-lock
+
+image:
+	@$(CHECK_PYTHON)
+	@$(PY) deploy/image/build.py --source "$(IMAGE_SOURCE)"
+
+image-check:
+	@$(CHECK_PYTHON)
+	$(PY) deploy/hardening/check.py $(IMAGE_ARCHIVE)
+
+image-lock:
+	@$(CHECK_PYTHON)
+	$(PY) deploy/image/build.py --lock
+
+# Kubernetes manifests with the built image's digest filled in (dist/k8s/)
+K8S_IMAGE ?= natkit
+.PHONY: k8s
+k8s:
+	sh deploy/k8s/render.sh dist/natkit-$(IMAGE_VERSION).oci.digest $(K8S_IMAGE) dist/k8s
