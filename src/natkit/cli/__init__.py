@@ -11,6 +11,8 @@ import click
 from natkit import __version__
 from natkit.cli import bench, credentials, ice, lab, probe, serve, stun, turn, users
 from natkit.cli._common import _OneLineGroup
+from natkit.health import health
+from natkit.supply import cli as supply
 
 
 @click.group(
@@ -31,3 +33,6 @@ main.add_command(turn.turn)
 main.add_command(probe.probe)
 main.add_command(lab.lab)
 main.add_command(ice.ice)
+main.add_command(supply.inventory)
+main.add_command(supply.release_gate)
+main.add_command(health)
