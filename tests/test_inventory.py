@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from natkit.cli.supply import inventory as inventory_command
 from natkit.server.config import ServerConfig, load_config
 from natkit.supply import inventory as inv
-from natkit.supply.cli import inventory as inventory_command
 
 DIGEST = "sha256:" + hashlib.sha256(b"natkit test image").hexdigest()
 MACHINE_ID = "0123456789abcdef0123456789abcdef"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from natkit.cli.supply import sbom_command
 from natkit.supply import sbom
-from natkit.supply.cli import sbom_command
 
 ROOT = Path(__file__).parent.parent
 LOCK = ROOT / "requirements" / "runtime.lock"

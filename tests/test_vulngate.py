@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from natkit.cli.supply import release_gate
 from natkit.supply import vulngate as vg
-from natkit.supply.cli import release_gate
 
 DATA = Path(__file__).parent / "data" / "vuln"
 TODAY = datetime.date(2099, 3, 10)

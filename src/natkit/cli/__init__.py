@@ -9,10 +9,20 @@ start fast), import the module below and add one ``main.add_command`` line.
 import click
 
 from natkit import __version__
-from natkit.cli import bench, credentials, ice, lab, probe, serve, stun, turn, users
+from natkit.cli import (
+    bench,
+    credentials,
+    ice,
+    lab,
+    probe,
+    serve,
+    stun,
+    supply,
+    turn,
+    users,
+)
 from natkit.cli._common import _OneLineGroup
 from natkit.health import health
-from natkit.supply import cli as supply
 
 
 @click.group(

@@ -807,6 +807,6 @@ def summary(bom: Mapping[str, Any]) -> str:
 
 
 if __name__ == "__main__":  # pragma: no cover - the command's own entry point
-    from natkit.supply.cli import sbom_command
+    from natkit.cli.supply import sbom_command
 
     sbom_command(prog_name="python -m natkit.supply.sbom")

@@ -766,6 +766,6 @@ def _interpret(
 
 
 if __name__ == "__main__":  # pragma: no cover - the command's own entry point
-    from natkit.supply.cli import release_gate
+    from natkit.cli.supply import release_gate
 
     release_gate(prog_name="python -m natkit.supply.vulngate")
