@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from natkit.ice.agent import IceAgent
 from natkit.ice.candidate import Candidate, CandidateType
 from natkit.ice.checklist import PairState
-from natkit.ice.config import IceConfig
+from natkit.ice.config import DEFAULT_TA, IceConfig
 from natkit.ice.credentials import Credentials
 from natkit.ice.events import (
     CandidateLearned,
@@ -313,7 +313,7 @@ def test_pacing_ta() -> None:
     times = sorted(new_checks.values())
     assert len(times) >= 5
     gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 0.05 - 1e-9
+    assert min(gaps) >= DEFAULT_TA - 1e-9
 
 
 def test_retransmission_survives_loss() -> None:

@@ -19,7 +19,8 @@ from typing import NoReturn
 import click
 
 from natkit.cli._common import _die, _OneLineGroup
-from natkit.lab.nat_rules import NatSpec
+from natkit.lab import matrix
+from natkit.lab.nat_rules import NatSpec, NatType
 from natkit.lab.netns import LabError, list_netns
 from natkit.lab.topology import Lab, LabHost, LabState, check_prefix, state_dir
 
@@ -437,3 +438,156 @@ def _state_record(state: LabState, namespaces: set[str]) -> dict[str, object]:
 
 def _netns_names() -> list[str]:
     return list_netns()
+
+
+# --- matrix ------------------------------------------------------------------
+
+_MATRIX_EPILOG = """\b
+Examples:
+  natkit lab matrix
+  natkit lab matrix --nat symmetric --nat port-restricted-cone
+  natkit lab matrix --aioice --runs 3 --html matrix.html
+  natkit lab matrix --unordered --jobs 3 --json
+  natkit lab matrix --aioice --loopback-runs 10 --runs 0
+
+\b
+For each ordered pair of the NAT types (all five by default: 25 cells) a
+lab with two NATs is built, natkit serve runs in it as STUN/TURN server on
+203.0.113.10:3478, 'natkit ice offer' on h1 (controlling, the row) and
+'natkit ice answer' on h2 (the column) connect, and the lab is removed.
+--aioice runs two aioice peers in the same lab too. Every cell must
+connect: directly, except symmetric with symmetric or port-restricted-cone,
+which must relay. Exit status 1 if a natkit cell is not as expected.
+--loopback-runs N also times both agents on 127.0.0.1 (no NAT, no server).
+"""
+
+
+@lab.command("matrix", epilog=_MATRIX_EPILOG)
+@click.option(
+    "--nat",
+    "nats",
+    multiple=True,
+    metavar="TYPE",
+    help="NAT types to pair, repeatable (default: all five).",
+)
+@click.option(
+    "--unordered", is_flag=True, help="Each unordered pair once (15 of 25 cells)."
+)
+@click.option("--aioice", is_flag=True, help="Also run two aioice peers per cell.")
+@click.option(
+    "--runs",
+    type=click.IntRange(0, 100),
+    default=1,
+    show_default=True,
+    help="Connections per cell and agent (the median is reported); 0: no lab.",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(1, 8),
+    default=1,
+    show_default=True,
+    help="Labs at a time (more is faster, but the timings get noisier).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 300),
+    default=20.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Each peer's limit for gathering and connecting.",
+)
+@click.option(
+    "--loopback-runs",
+    type=click.IntRange(0, 1000),
+    default=0,
+    metavar="N",
+    help="Also time N connections on 127.0.0.1 per agent.",
+)
+@click.option("--html", "html_file", metavar="FILE", help="Write an HTML page here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def lab_matrix(
+    nats: tuple[str, ...],
+    unordered: bool,
+    aioice: bool,
+    runs: int,
+    jobs: int,
+    timeout: float,
+    loopback_runs: int,
+    html_file: str | None,
+    as_json: bool,
+) -> None:
+    """ICE between hosts behind each pair of NAT types: direct, relay or failed."""
+    try:
+        types = tuple(NatSpec.of(n).type for n in nats) if nats else ()
+    except LabError as exc:
+        _die(str(exc), 2)
+    if aioice and not _has_aioice():
+        _die("--aioice needs the aioice package (pip install aioice)", 2)
+    _require_root()
+    options = matrix.MatrixOptions(
+        nats=types or tuple(NatType),
+        unordered=unordered,
+        aioice=aioice,
+        runs=max(runs, 1),
+        jobs=jobs,
+        timeout=timeout,
+    )
+
+    def progress(cell: matrix.CellResult) -> None:
+        if not as_json:
+            line = f"{cell.left} -> {cell.right} ({cell.impl}): "
+            line += matrix.cell_text(cell)
+            if cell.problem:
+                line += f" [{cell.problem}]"
+            click.echo(line, err=True)
+
+    impls = [matrix.Impl.NATKIT] + ([matrix.Impl.AIOICE] if aioice else [])
+    try:
+        cells = matrix.run_matrix(options, progress=progress) if runs else []
+        loopback = matrix.run_loopback(loopback_runs, impls) if loopback_runs else []
+        if html_file is not None:
+            Path(html_file).write_text(matrix.render_html(cells, loopback=loopback))
+    except LabError as exc:
+        _die(str(exc))
+    except OSError as exc:
+        _die_os(exc)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+    if as_json:
+        matrix.write_json(cells, sys.stdout, loopback=loopback)
+    else:
+        _print_matrix(cells, loopback, impls)
+    if any(c.impl is matrix.Impl.NATKIT and not c.as_expected for c in cells):
+        sys.exit(1)
+
+
+def _has_aioice() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("aioice") is not None
+
+
+def _print_matrix(
+    cells: list[matrix.CellResult],
+    loopback: list[matrix.LoopbackResult],
+    impls: list[matrix.Impl],
+) -> None:
+    for impl in impls:
+        if any(c.impl is impl for c in cells):
+            for line in matrix.text_grid(cells, impl):
+                click.echo(line)
+            click.echo("")
+    for result in loopback:
+        median = "-" if result.median_ms is None else f"{result.median_ms:.1f} ms"
+        click.echo(
+            f"loopback {result.impl}: median {median} over "
+            f"{len(result.connected_ms)} runs, {result.failures} failed"
+        )
+    wrong = [c for c in cells if not c.as_expected]
+    for cell in wrong:
+        click.echo(
+            f"not as expected: {cell.left} -> {cell.right} ({cell.impl}): "
+            f"{cell.outcome}, expected {cell.expected}"
+            + (f" [{cell.problem}]" if cell.problem else "")
+        )

@@ -18,7 +18,7 @@ misuse raises :class:`~natkit.stun.errors.UsageError`.
 
 Input:
 
-``IceAgent(controlling, *, tie_breaker=None, ta=0.05, config=None,``
+``IceAgent(controlling, *, tie_breaker=None, ta=0.02, config=None,``
 ``credentials=None, rng=None, name=None)``
     ``agent.local_credentials`` (:class:`Credentials`: ufrag, pwd) go to
     the peer by signalling; ``config`` is an :class:`IceConfig`.
@@ -82,7 +82,7 @@ After every input call: send ``datagrams_to_send()``, drain
 :attr:`IceAgent.selected_pair` (local, remote, socket) and
 :attr:`IceAgent.state` can be read at any time.
 
-Timers: one new check every Ta (default 50 ms, RFC 8445 §14.2); a check is
+Timers: one new check every Ta (default 20 ms, RFC 8445 §14.2); a check is
 retransmitted with :attr:`IceConfig.check_policy` (default RTO 200 ms, 7
 sends, given up 14.2 s after the first, see :mod:`natkit.ice.config`).
 Consent checks every 5 s ± 20 % (RFC 7675) double as the RFC 8445 §11

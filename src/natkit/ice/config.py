@@ -21,7 +21,7 @@ from natkit.stun.errors import UsageError
 from natkit.stun.transaction import RetransmitPolicy
 
 #: RFC 8445 §14.2: the default pacing interval Ta, in seconds
-DEFAULT_TA = 0.05
+DEFAULT_TA = 0.02
 #: connectivity-check retransmissions: RTO 200 ms, 7 sends, given up
 #: 0.2 × 63 + 8 × 0.2 = 14.2 s after the first. RFC 8445 §14.3 computes the
 #: RTO from Ta and the number of pairs (at least 500 ms); a fixed, shorter

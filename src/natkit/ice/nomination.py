@@ -9,7 +9,7 @@ arrived on once its own check on that pair has succeeded (RFC 8445
 
 :class:`Nominator` decides when the controlling agent nominates: at once if
 no unfinished pair could beat the best valid pair, otherwise when
-``delay`` seconds (0.5) have passed since the first valid pair appeared (a
+``delay`` seconds (0.2) have passed since the first valid pair appeared (a
 short wait for a better pair, as RFC 8445 §8.1.1 allows). A relayed pair
 waits longer (``relay_delay``, 2 s) unless both sides have finished
 gathering and nothing better is pending: relaying costs the TURN server,
@@ -33,7 +33,7 @@ __all__ = ["IceState", "Nominator", "StateMachine", "best_nominated"]
 logger = logging.getLogger(__name__)
 
 #: seconds the controlling agent waits for a better pair after the first valid one
-DEFAULT_NOMINATION_DELAY = 0.5
+DEFAULT_NOMINATION_DELAY = 0.2
 #: the same wait when the best valid pair is relayed: a direct pair may need
 #: a late server-reflexive candidate (a lost STUN request) to turn up
 DEFAULT_RELAY_NOMINATION_DELAY = 2.0
