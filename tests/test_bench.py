@@ -17,9 +17,12 @@ from click.testing import CliRunner
 from natkit.bench.cpu import (
     RunResult,
     Summary,
+    TurnRunResult,
+    TurnSummary,
     parse_args,
     process_cpu_seconds,
     to_markdown,
+    turn_to_markdown,
 )
 from natkit.bench.stun import (
     BenchConfig,
@@ -290,3 +293,52 @@ def test_cpu_bench_arguments_are_bounded() -> None:
         with pytest.raises(SystemExit):
             parse_args(bad)
     assert cast(float, parse_args([]).duration) == 10.0
+
+
+def test_turn_summary_ratio_and_table() -> None:
+    def run(server: str, us: float, alloc_us: float) -> TurnRunResult:
+        return TurnRunResult(
+            server=server,
+            allocations=100,
+            allocations_per_s=1000.0,
+            sent=200,
+            received=200,
+            lost=0,
+            loss_pct=0.0,
+            relayed_per_s=100.0,
+            cpu_s=0.1,
+            cpu_us_per_relayed=us,
+            core_us_per_relayed=us,
+            runqueue_wait_s=0.0,
+            latency_p50_ms=0.5,
+            latency_p99_ms=2.0,
+            cpu_us_per_allocation=alloc_us,
+        )
+
+    summary = TurnSummary(
+        duration_s=1, runs=2, rate=100, allocations=500, size=100, contend_pct=30
+    )
+    summary.results.extend(
+        [run("natkit", 12, 300), run("natkit", 14, 500)]
+        + [run("coturn", 10, 200), run("coturn", 10, 200)]
+    )
+    assert summary.ratio() == pytest.approx(1.3)
+    table = turn_to_markdown(summary)
+    assert "| natkit | 1000 | 100 | 0.00 (0.00) |" in table
+    assert "13.0 (12.0 - 14.0)" in table
+    # few echoes per allocation: the set-up columns are shown
+    assert "CPU per allocation **2.00**" in table
+    assert "contention 30 % of every 20 ms" in table
+
+
+def test_turn_modes_bound_allocations_and_default_the_rate() -> None:
+    args = parse_args(["--mode", "turn"])
+    assert args.rate == 20_000.0 and args.allocations == 100
+    assert parse_args(["--mode", "turn-memory", "--allocations", "10000"])
+    for bad in (
+        ["--mode", "turn", "--allocations", "1001"],
+        ["--mode", "turn-memory", "--allocations", "10001"],
+        ["--mode", "turn", "--contend", "100"],
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

@@ -23,6 +23,7 @@ from natkit.bench.turn import (
     TurnBenchError,
     TurnBenchReport,
     format_report,
+    hold_allocations,
     run_bench,
 )
 from natkit.cli import main
@@ -279,3 +280,19 @@ async def test_run_bench_without_any_allocation_raises(
         await run_bench(
             coturn_turn.ip, coturn_turn.port, config(password="wrong", duration=0.5)
         )
+
+
+@pytest.mark.interop
+async def test_hold_allocations_reports_while_all_are_held(
+    coturn_turn: TurnServerUnderTest,
+) -> None:
+    seen: list[int] = []
+    allocated = await hold_allocations(
+        coturn_turn.ip,
+        coturn_turn.port,
+        username=USER,
+        password=PASSWORD,
+        count=3,
+        on_held=seen.append,
+    )
+    assert allocated == 3 and seen == [3]

@@ -330,6 +330,43 @@ def test_address_in_use_is_a_listen_error(loop_factory: Any) -> None:
             loop.close()
 
 
+def test_udp_listener_buffers_and_a_burst_of_requests(loop_factory: Any) -> None:
+    # the listener socket asks for udp_buffer_bytes each way; a burst larger
+    # than one read batch is answered whole (the reader adapts its batch)
+    loop = loop_factory()
+    service = StunService(BindingResponder(), udp_buffer_bytes=512 << 10)
+    address = ListenAddress(Transport.UDP, "127.0.0.1", 0)
+    try:
+        (bound,) = loop.run_until_complete(service.start([address]))
+        (transport,) = service._transports
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 512 << 10
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            client.setblocking(False)
+            ids = [new_transaction_id() for _ in range(150)]
+            for tid in ids:
+                request = Message(Method.BINDING, MessageClass.REQUEST, tid)
+                client.sendto(encode(request), ("127.0.0.1", bound.port))
+            answered: set[bytes] = set()
+
+            async def collect() -> None:
+                while len(answered) < len(ids):
+                    await asyncio.sleep(0.005)
+                    try:
+                        while True:
+                            data = client.recv(2048)
+                            answered.add(decode(data).transaction_id)
+                    except BlockingIOError:
+                        pass
+
+            loop.run_until_complete(asyncio.wait_for(collect(), TIMEOUT))
+        assert answered == set(ids)
+    finally:
+        loop.run_until_complete(service.close())
+        loop.close()
+
+
 # --- TCP ------------------------------------------------------------------------
 
 

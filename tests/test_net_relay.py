@@ -312,3 +312,68 @@ async def test_closing_a_relay_socket_stops_reading(
     ports.release(f.relay.relay)
     assert f.relay.closed and f.relay.sock.fileno() == -1
     f.relay.close()  # idempotent
+
+
+# --- reading in adaptive batches, buffers -------------------------------------------
+
+
+async def test_a_burst_is_read_whole_across_readiness_callbacks(
+    peer: socket.socket,
+) -> None:
+    # one datagram per callback at first, then twice as many after a full
+    # batch: nothing queued is left behind, and the batch falls back to
+    # what the queue held once it runs dry
+    base = free_block(1)
+    log = PeerLog()
+    allocator = RelayPorts([LOOPBACK], base, base)
+    allocator.start(asyncio.get_running_loop(), on_peer=log)
+    try:
+        relay = allocator.reserve(AddressFamily.IPV4, even=False, reserve_next=False)
+        assert relay is not None
+        for n in range(200):
+            peer.sendto(n.to_bytes(2, "big"), ("127.0.0.1", relay.port))
+        for _ in range(200):
+            if len(log.datagrams) == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert [int.from_bytes(d, "big") for d, _ in log.datagrams] == list(range(200))
+        peer.sendto(b"one more", ("127.0.0.1", relay.port))
+        for _ in range(100):
+            if len(log.datagrams) == 201:
+                break
+            await asyncio.sleep(0.01)
+        assert log.datagrams[-1][0] == b"one more"
+    finally:
+        allocator.close()
+
+
+async def test_relay_sockets_ask_for_the_configured_buffers() -> None:
+    base = free_block(2)
+    sizes = {}
+    for index, size in enumerate((256 << 10, 0)):
+        allocator = RelayPorts(
+            [LOOPBACK], base + index, base + index, buffer_bytes=size
+        )
+        allocator.start(asyncio.get_running_loop(), on_peer=PeerLog())
+        try:
+            relay = allocator.reserve(
+                AddressFamily.IPV4, even=False, reserve_next=False
+            )
+            assert relay is not None
+            sock = allocator.sockets[relay].sock
+            sizes[size] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        finally:
+            allocator.close()
+    # Linux reports twice what was granted; 0 leaves the kernel default
+    assert sizes[256 << 10] >= 2 * (256 << 10) or sizes[256 << 10] > sizes[0]
+
+
+async def test_channel_data_keeps_dont_fragment_as_allocated(
+    ports: RelayPorts, peer: socket.socket
+) -> None:
+    f = Fixture(ports, peer, stream=False)
+    f.alloc.dont_fragment = True
+    f.link.routes[0x4001] = ChannelRoute(f.binding, f.perm, f.alloc, f.relay)
+    assert forward_channel_data(f.link, encode_channel_data(0x4001, b"df"), f.now)
+    assert peer.recvfrom(10)[0] == b"df"
+    assert f.relay.dont_fragment

@@ -426,6 +426,58 @@ async def _run(
     )
 
 
+async def hold_allocations(
+    host: str,
+    port: int,
+    *,
+    username: str,
+    password: str,
+    count: int,
+    on_held: Callable[[int], None],
+    realm: str | None = None,
+) -> int:
+    """Set up ``count`` allocations with a channel each, call ``on_held``, end.
+
+    For measuring a server's memory per allocation: every allocation gets a
+    permission and a channel (to a loopback UDP socket that nobody reads;
+    no data is relayed). ``on_held(allocated)`` runs (blocking the loop)
+    while all are held; then every allocation is deleted. Returns how many
+    were allocated. ``count`` may exceed :data:`MAX_ALLOCATIONS`; the open
+    file limit must allow a socket per allocation.
+    """
+    if count < 1:
+        raise UsageError("count must be at least 1")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        peer = Address("127.0.0.1", sink.getsockname()[1])
+
+        def make() -> TurnClient:
+            return TurnClient(
+                host,
+                port,
+                username=username,
+                password=password,
+                realm=realm,
+                transport=Transport.UDP,
+                timeout=SETUP_TIMEOUT,
+            )
+
+        sessions = [_Session(make, peer) for _ in range(count)]
+        try:
+            for session in sessions:
+                await session.connect()
+            window = asyncio.Semaphore(SETUP_WINDOW)
+            async with asyncio.timeout(SETUP_TIMEOUT * 4):
+                await asyncio.gather(*(_allocate_only(s, window) for s in sessions))
+                live = [s for s in sessions if s.error is None]
+                await asyncio.gather(*(_bind_only(s, window) for s in live))
+            allocated = sum(1 for s in sessions if s.client.info is not None)
+            on_held(allocated)
+            return allocated
+        finally:
+            await _close_all(sessions, timeout=max(10.0, count / 200))
+
+
 async def _allocate_only(session: _Session, window: asyncio.Semaphore) -> None:
     """Allocate; after 437 (the 5-tuple is still taken on the server, e.g.
     by an earlier run's socket with the same port) retry from a new one."""
@@ -475,12 +527,12 @@ async def _pace(
         await asyncio.sleep(0.001)
 
 
-async def _close_all(sessions: list[_Session]) -> None:
-    """Delete every allocation (Refresh 0), a few seconds at most."""
+async def _close_all(sessions: list[_Session], timeout: float = 10.0) -> None:
+    """Delete every allocation (Refresh 0), ``timeout`` seconds at most."""
     if not sessions:
         return
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(timeout):
             await asyncio.gather(
                 *(s.client.close() for s in sessions), return_exceptions=True
             )

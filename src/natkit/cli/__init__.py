@@ -10,6 +10,9 @@ import click
 
 from natkit import __version__
 from natkit.cli import (
+    admin,
+    audit,
+    backup,
     bench,
     credentials,
     ice,
@@ -43,6 +46,9 @@ main.add_command(turn.turn)
 main.add_command(probe.probe)
 main.add_command(lab.lab)
 main.add_command(ice.ice)
+main.add_command(admin.admin_group)
+main.add_command(audit.audit_group)
+main.add_command(backup.backup_group)
 main.add_command(supply.inventory)
 main.add_command(supply.release_gate)
 main.add_command(health)

@@ -93,6 +93,13 @@ which overrides the file. See docs/configuration.md.
 @click.option("--max-lifetime", metavar="SECONDS", help="Longest allocation lifetime.")
 @click.option("--default-lifetime", metavar="SECONDS", help="Default lifetime.")
 @click.option(
+    "--fips",
+    "crypto_profile",
+    flag_value="fips",
+    default=None,
+    help="FIPS crypto profile: SHA-256 passwords only, AEAD TLS (crypto_profile).",
+)
+@click.option(
     "--rfc5780/--no-rfc5780",
     default=None,
     help="NAT behaviour discovery (RFC 5780): needs --alternate-ip.",

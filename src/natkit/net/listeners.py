@@ -6,6 +6,15 @@ goes to the Binding fast path first and to the sans-IO
 Nothing here logs per packet; what is dropped is counted in
 :class:`ServiceStats`.
 
+A UDP listener is a non-blocking socket read with ``loop.add_reader``
+(:class:`_UdpSocketTransport`), not the event loop's datagram transport:
+the read loop relays ChannelData itself and reads an adaptive batch per
+readiness callback, and a datagram the kernel will not take (send buffer
+full) is dropped and counted instead of queued in memory. The socket
+buffers are ``udp_buffer_bytes`` large (:data:`UDP_BUFFER_BYTES` unless
+configured), so a server that loses its CPU for a while (another program
+on the same core) keeps what arrives meanwhile.
+
 Streams (RFC 8489 §6.2.2) are cut by :class:`~natkit.net.framing.StreamFramer`.
 A connection is closed when the stream is out of step, when it has not
 completed a message for ``idle_timeout`` seconds (so a silent client, or one
@@ -30,14 +39,22 @@ import asyncio
 import logging
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from natkit.net.address import ListenAddress, Transport
 from natkit.net.fastpath import BindingFastPath
 from natkit.net.framing import FramingError, StreamFramer, TurnStreamFramer
-from natkit.net.relay import ClientLink, PeerAddr, forward_channel_data
+from natkit.net.relay import (
+    MAX_DATAGRAM,
+    READ_BATCH,
+    ClientLink,
+    PeerAddr,
+    forward_channel_data,
+    receive_buffer,
+    set_buffers,
+)
 from natkit.net.rfc5780 import Rfc5780Sockets, StreamHandler, UdpHandler
 from natkit.net.turn_driver import TurnDriver, TurnStats
 from natkit.stun.errors import NatkitError
@@ -47,8 +64,9 @@ from natkit.turn.allocation import ClientAddress
 
 logger = logging.getLogger(__name__)
 
-#: kernel socket buffer asked for on UDP sockets (the kernel may cap it)
-UDP_BUFFER_BYTES = 1 << 20
+#: kernel receive and send buffer asked for on UDP listeners by default (the
+#: kernel caps it at net.core.rmem_max / wmem_max and doubles what it grants)
+UDP_BUFFER_BYTES = 4 << 20
 #: listen(2) backlog of stream listeners
 STREAM_BACKLOG = 512
 
@@ -132,8 +150,11 @@ class StunService:
         limits: StreamLimits | None = None,
         turn: TurnDriver | None = None,
         rfc5780: Rfc5780Sockets | None = None,
+        udp_buffer_bytes: int = UDP_BUFFER_BYTES,
     ) -> None:
         self.responder = responder
+        #: SO_RCVBUF and SO_SNDBUF of UDP listeners (0: the kernel default)
+        self.udp_buffer_bytes = udp_buffer_bytes
         self.turn = turn
         self.rfc5780 = rfc5780
         self.fast = BindingFastPath(responder.software)
@@ -189,14 +210,12 @@ class StunService:
         tls = address.transport is Transport.TLS
         if tls and ssl_context is None:
             raise ListenError(f"cannot listen on {address}: no TLS context")
-        sock = bind_socket(address)
+        sock = bind_socket(address, buffer_bytes=self.udp_buffer_bytes)
         host, port = sock.getsockname()[:2]
         try:
             if address.transport is Transport.UDP:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _UdpProtocol(self), sock=sock
-                )
-                self._transports.append(transport)
+                protocol = _UdpProtocol(self)
+                self._transports.append(_UdpSocketTransport(sock, protocol, self))
             else:
                 server = await loop.create_server(
                     lambda: _StreamProtocol(self, tls=tls),
@@ -236,11 +255,14 @@ class StunService:
         logger.log(level, "internal error handling a message", exc_info=True)
 
 
-def bind_socket(address: ListenAddress) -> socket.socket:
+def bind_socket(
+    address: ListenAddress, *, buffer_bytes: int = UDP_BUFFER_BYTES
+) -> socket.socket:
     """A bound, non-blocking socket for ``address``.
 
     IPv6 sockets get IPV6_V6ONLY, so ``[::]`` and ``0.0.0.0`` listeners on the
-    same port can coexist. Raises :class:`ListenError`.
+    same port can coexist. A UDP socket asks for ``buffer_bytes`` of kernel
+    buffer each way (0: the kernel default). Raises :class:`ListenError`.
     """
     stream = address.transport.is_stream
     family = socket.AF_INET6 if address.is_ipv6 else socket.AF_INET
@@ -260,8 +282,18 @@ def bind_socket(address: ListenAddress) -> socket.socket:
     try:
         if stream:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        else:
-            _grow_buffers(sock)
+        elif buffer_bytes:
+            set_buffers(sock, buffer_bytes)
+            # Linux reports twice the size it was asked for (its bookkeeping)
+            granted = receive_buffer(sock) // 2
+            if granted < buffer_bytes:
+                logger.info(
+                    "%s: UDP receive buffer %d KiB of the %d KiB asked for "
+                    "(raise net.core.rmem_max for more)",
+                    address,
+                    granted // 1024,
+                    buffer_bytes // 1024,
+                )
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(info[0][4])
@@ -270,14 +302,6 @@ def bind_socket(address: ListenAddress) -> socket.socket:
         sock.close()
         raise ListenError(f"cannot listen on {address}: {_reason(exc)}") from None
     return sock
-
-
-def _grow_buffers(sock: socket.socket) -> None:
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_BYTES)
-        except OSError:
-            pass  # the kernel default is still usable
 
 
 def _reason(exc: OSError) -> str:
@@ -357,14 +381,26 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         )
         transport = self._transport
         counters = self._service.counters
+        sendto = getattr(transport, "socket_sendto", None)
+        if sendto is not None:
+            raw: _SendTo = sendto
 
-        def send(frame: bytes) -> None:
+            def send(frame: bytes) -> None:
+                try:
+                    raw(frame, addr)
+                except OSError:
+                    # the send buffer is full (or the client unreachable): UDP
+                    counters.client_drops += 1
+
+            return ClientLink(client, send, registry=self.links, key=addr)
+
+        def queue(frame: bytes) -> None:
             if transport is None or self.paused:
                 counters.client_drops += 1
                 return
             transport.sendto(frame, addr)
 
-        return ClientLink(client, send, registry=self.links, key=addr)
+        return ClientLink(client, queue, registry=self.links, key=addr)
 
     def pause_writing(self) -> None:
         # the transport queues in memory what the kernel did not take
@@ -376,6 +412,99 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP errors for earlier responses (port unreachable, ...): nothing to do
         pass
+
+
+_SendTo = Callable[[bytes, tuple[Any, ...]], int]
+
+
+class _UdpSocketTransport(asyncio.DatagramTransport):
+    """A UDP listener socket read with ``loop.add_reader``, for a :class:`_UdpProtocol`.
+
+    It stands in for the event loop's datagram transport (see the module
+    doc). ChannelData (RFC 8656 §12.4) from a client whose channel the fast
+    path knows is relayed inside the read loop; every other datagram goes
+    to ``protocol.datagram_received``. ``sendto`` sends at once; what the
+    kernel does not take is dropped and counted (``client_drops``).
+    """
+
+    def __init__(
+        self, sock: socket.socket, protocol: _UdpProtocol, service: StunService
+    ) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname()})
+        self._sock = sock
+        self._protocol = protocol
+        self._service = service
+        self._loop = asyncio.get_running_loop()
+        self._fd = sock.fileno()
+        self._closing = False
+        #: datagrams to read on the next readiness callback (1..READ_BATCH)
+        self._batch = 1
+        #: the socket's own sendto, for the relay fast path's ClientLinks
+        self.socket_sendto: _SendTo = sock.sendto
+        protocol.connection_made(self)
+        self._loop.add_reader(self._fd, self._read_ready)
+
+    def _read_ready(self) -> None:
+        """Read an adaptive batch: as many as were queued last time, at most
+        :data:`~natkit.net.relay.READ_BATCH`; twice as many after a full one."""
+        recvfrom = self._sock.recvfrom
+        protocol = self._protocol
+        links = protocol.links
+        turn = self._service.turn
+        now = self._loop.time()
+        batch = self._batch
+        for count in range(batch):
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                self._batch = count or 1
+                return
+            except OSError:
+                continue  # an ICMP error for an earlier datagram: next one
+            if turn is not None and data and 0x40 <= data[0] <= 0x7F:
+                # RFC 8656 §12.4: ChannelData on a known channel, relayed here
+                link = links.get(addr)
+                if link is not None:
+                    try:
+                        if not forward_channel_data(link, data, now):
+                            turn.client_message(link, data)
+                    except Exception:
+                        self._service.internal_error()
+                    continue
+            protocol.datagram_received(data, addr)
+            if self._closing:
+                return
+        if batch < READ_BATCH:
+            self._batch = batch * 2
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        try:
+            self._sock.sendto(data, addr)
+        except OSError:
+            # UDP: a full send buffer or an unreachable client loses it
+            self._service.counters.client_drops += 1
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self._loop.remove_reader(self._fd)
+        except (ValueError, RuntimeError):
+            pass  # the loop is already closed
+        self._sock.close()
+        self._loop.call_soon(self._protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
 
 class _StreamProtocol(asyncio.Protocol):

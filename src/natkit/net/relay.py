@@ -3,8 +3,13 @@
 Every relayed transport address is one non-blocking UDP socket, bound by
 :class:`RelayPorts` (the :class:`~natkit.turn.server.RelayPortAllocator` of
 the asyncio driver) and read with ``loop.add_reader``: a socket bound inside
-the core's synchronous ``reserve`` call is readable at once, and one
-readiness callback drains up to :data:`READ_BATCH` datagrams.
+the core's synchronous ``reserve`` call is readable at once. One readiness
+callback reads up to a batch of datagrams that adapts to the load (1 up to
+:data:`READ_BATCH`): a socket that had one datagram queued last time is
+read once and not asked again until the loop reports it readable, so a
+lightly loaded relay costs one ``recvfrom`` per datagram instead of two
+(the second only to learn that the queue is empty); a busy one doubles its
+batch each time it finds a full one.
 
 The fast path
 =============
@@ -57,8 +62,11 @@ from natkit.turn.allocation import (
 
 logger = logging.getLogger(__name__)
 
-#: datagrams read per readiness callback of one relay socket
+#: the most datagrams read per readiness callback of one relay socket
 READ_BATCH = 64
+#: kernel receive and send buffer asked for on each relay socket (0: the
+#: kernel default; the kernel caps it at net.core.rmem_max / wmem_max)
+RELAY_BUFFER_BYTES = 1 << 20
 #: the largest UDP payload (IPv4: 65535 - 20 - 8)
 MAX_DATAGRAM = 65535
 #: random ports tried before the allocator sweeps the whole range
@@ -142,7 +150,7 @@ class ClientLink:
 class ChannelRoute:
     """Client to peer: channel ``binding`` leaves from ``relay`` to ``peer``."""
 
-    __slots__ = ("binding", "perm", "alloc", "relay", "peer")
+    __slots__ = ("binding", "perm", "alloc", "relay", "peer", "dont_fragment")
 
     def __init__(
         self,
@@ -156,6 +164,8 @@ class ChannelRoute:
         self.alloc = alloc
         self.relay = relay
         self.peer = (binding.peer_ip, binding.peer_port)
+        #: RFC 8656 §14: DF as the Allocate asked, for every datagram
+        self.dont_fragment = alloc.dont_fragment
 
 
 class PeerRoute:
@@ -211,8 +221,15 @@ def forward_channel_data(link: ClientLink, data: bytes, now: float) -> bool:
     alloc.bytes_to_peer += length
     alloc.packets_to_peer += 1
     relay = route.relay
-    relay.counters.fast_to_peer += 1
-    relay.send(data[4 : 4 + length], route.peer, alloc.dont_fragment)
+    counters = relay.counters
+    counters.fast_to_peer += 1
+    if route.dont_fragment != relay.dont_fragment:
+        relay.set_dont_fragment(route.dont_fragment)
+    try:
+        relay.sock.sendto(data[4 : 4 + length], route.peer)
+    except OSError:
+        # UDP: a full buffer or an unreachable peer loses this datagram
+        counters.send_errors += 1
     return True
 
 
@@ -236,10 +253,11 @@ class RelaySocket:
         "link",
         "counters",
         "closed",
-        "_dont_fragment",
+        "dont_fragment",
         "_loop",
         "_on_peer",
         "_fd",
+        "_batch",
     )
 
     def __init__(
@@ -260,10 +278,13 @@ class RelaySocket:
         self.link: ClientLink | None = None
         self.counters = counters
         self.closed = False
-        self._dont_fragment = False
+        #: whether DF is set on the socket now (RFC 8656 §14)
+        self.dont_fragment = False
         self._loop = loop
         self._on_peer = on_peer
         self._fd = sock.fileno()
+        #: datagrams to read on the next readiness callback (see the module doc)
+        self._batch = 1
         loop.add_reader(self._fd, self.drain)
 
     def drain(self) -> None:
@@ -272,10 +293,13 @@ class RelaySocket:
         peers = self.peers
         counters = self.counters
         now = self._loop.time()
-        for _ in range(READ_BATCH):
+        batch = self._batch
+        for count in range(batch):
             try:
                 data, addr = recvfrom(MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
+                # the queue held ``count``: read that many, no more, next time
+                self._batch = count or 1
                 return
             except OSError:
                 continue  # an ICMP error queued on the socket: next datagram
@@ -307,10 +331,13 @@ class RelaySocket:
             self._on_peer(self, data, addr)
             if self.closed:
                 return
+        # a full batch: there may be more, read twice as many next time
+        if batch < READ_BATCH:
+            self._batch = batch * 2
 
     def send(self, data: bytes, peer: PeerAddr, dont_fragment: bool) -> None:
         """Send one datagram to ``peer``; DF as asked (RFC 8656 §14)."""
-        if dont_fragment != self._dont_fragment:
+        if dont_fragment != self.dont_fragment:
             self.set_dont_fragment(dont_fragment)
         try:
             self.sock.sendto(data, peer)
@@ -320,7 +347,7 @@ class RelaySocket:
 
     def set_dont_fragment(self, on: bool) -> None:
         """RFC 8656 §14: DF on IPv4, no local fragmentation on IPv6 (Linux)."""
-        self._dont_fragment = on
+        self.dont_fragment = on
         if not _LINUX:
             return
         try:
@@ -346,6 +373,28 @@ class RelaySocket:
         self.sock.close()
 
 
+def set_buffers(sock: socket.socket, size: int) -> None:
+    """Ask for ``size`` bytes of kernel receive and send buffer on ``sock``.
+
+    The kernel caps the request at net.core.rmem_max / wmem_max (and
+    doubles what it grants, for its bookkeeping); a refusal leaves the
+    default, which still works.
+    """
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            pass
+
+
+def receive_buffer(sock: socket.socket) -> int:
+    """The receive buffer the kernel granted ``sock`` (as SO_RCVBUF reports)."""
+    try:
+        return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError:
+        return 0
+
+
 class RelayPorts:
     """The :class:`~natkit.turn.server.RelayPortAllocator` of the driver.
 
@@ -366,6 +415,7 @@ class RelayPorts:
         high: int,
         *,
         rng: random.Random | None = None,
+        buffer_bytes: int = RELAY_BUFFER_BYTES,
     ) -> None:
         if not 1 <= low <= high <= 0xFFFF:
             raise UsageError(f"bad relay port range {low}-{high}")
@@ -374,6 +424,8 @@ class RelayPorts:
         self.addresses = tuple(addresses)
         self.low = low
         self.high = high
+        #: SO_RCVBUF and SO_SNDBUF of every relay socket (0: kernel default)
+        self.buffer_bytes = buffer_bytes
         self.counters = RelayCounters()
         #: every open relay socket, by the address the core knows it by
         self.sockets: dict[RelayAddress, RelaySocket] = {}
@@ -489,6 +541,8 @@ class RelayPorts:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_DONT)
             sock.setblocking(False)
             sock.bind((ip, port))
+            if self.buffer_bytes:
+                set_buffers(sock, self.buffer_bytes)
         except OSError as exc:
             sock.close()
             self.counters.bind_failures += 1

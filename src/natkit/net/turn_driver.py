@@ -100,6 +100,20 @@ class TurnDriver:
         """Call ``closer`` when the driver closes (e.g. to close a user store)."""
         self._closers.append(closer)
 
+    def revoke(self, allocation_id: str) -> bool:
+        """Delete an allocation now and close its relays (the admin API's order).
+
+        False when there is no live allocation ``allocation_id``.
+        """
+        if self._closed or self._loop is None:
+            return False
+        actions = self.server.revoke(allocation_id, self._loop.time())
+        if actions is None:
+            return False
+        self._carry_out(actions, None)
+        self._reschedule()
+        return True
+
     def close(self) -> None:
         """Delete every allocation (server shutdown) and close every relay."""
         if self._closed:

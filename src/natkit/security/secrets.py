@@ -17,6 +17,12 @@ The REST secrets (the shared secret of the "TURN REST API", see
 The first use writes one random 32-byte secret and says so once at INFO;
 a secret itself is never logged, only its fingerprint
 (:func:`secret_fingerprint`).
+
+In a data directory that is sealed (:mod:`natkit.security.sealing`, set up
+by the first ``natkit serve``) the file holds one ``sealed:`` line instead:
+the same text, AES-256-GCM sealed under the master key. Adding and retiring
+a secret writes an audit record (``secret.add``, ``secret.retire``) into
+the data directory's audit trail (:func:`natkit.security.audit.record_change`).
 """
 
 import base64
@@ -42,6 +48,28 @@ REST_SECRETS_FILE = "rest-secrets"
 GENERATED_SECRET_BYTES = 32
 #: secrets shorter than this are refused in the secrets file
 MIN_SECRET_BYTES = 16
+#: what the sealed REST secrets file is bound to (sealing context)
+SEAL_CONTEXT = b"natkit rest-secrets v1"
+#: placeholders that are refused as secrets (IA-5(1)), compared case-blind
+WEAK_SECRETS = frozenset(
+    {
+        "changeme",
+        "changeit",
+        "secret",
+        "password",
+        "passw0rd",
+        "default",
+        "natkit",
+        "turn",
+        "coturn",
+        "test",
+        "example",
+        "admin",
+        "letmein",
+        "0123456789",
+        "1234567890",
+    }
+)
 
 _HEADER = (
     "# natkit REST secrets: one per line, base64, newest first.\n"
@@ -238,11 +266,105 @@ def format_rest_secrets(secrets: Sequence[bytes]) -> bytes:
     return (_HEADER + "".join(lines)).encode("ascii")
 
 
+def weak_secret_reason(secret: bytes) -> str | None:
+    """Why ``secret`` must not be used as a shared secret, or None (IA-5(1)).
+
+    Shorter than :data:`MIN_SECRET_BYTES`, a known placeholder (possibly
+    repeated, e.g. ``changemechangeme``), or one character repeated.
+    """
+    if len(secret) < MIN_SECRET_BYTES:
+        return f"shorter than {MIN_SECRET_BYTES} bytes"
+    text = secret.decode("utf-8", "replace").lower()
+    letters = "".join(ch for ch in text if ch.isalnum())
+    for word in WEAK_SECRETS:
+        if letters and letters == word * (len(letters) // len(word)):
+            return f"a known placeholder ({word!r})"
+    if len(set(secret)) == 1:
+        return "one character repeated"
+    return None
+
+
+def _unsealed(data_dir: Path, path: Path, text: str) -> str:
+    """The text of a secrets file, unsealed when it is sealed."""
+    from natkit.security.sealing import (
+        SealError,
+        data_dir_sealer,
+        is_sealed_text,
+        sealed_line,
+    )
+
+    if not is_sealed_text(text):
+        return text
+    try:
+        sealer = data_dir_sealer(data_dir)
+        if sealer is None:
+            raise SealError(f"{data_dir} has no sealing marker (sealing.json)")
+        plain = sealer.unseal_text(sealed_line(text), context=SEAL_CONTEXT)
+        return plain.decode("ascii")
+    except SealError as exc:
+        raise PrivateFileError(f"{path} is sealed: {exc}") from None
+    except UnicodeDecodeError:
+        raise PrivateFileError(f"{path}: sealed content is not ASCII text") from None
+
+
+def _file_bytes(data_dir: Path, secrets: Sequence[bytes]) -> bytes:
+    """The secrets file content: sealed when the data directory is."""
+    from natkit.security.sealing import SealError, data_dir_sealer
+
+    plain = format_rest_secrets(secrets)
+    try:
+        sealer = data_dir_sealer(data_dir)
+    except SealError as exc:
+        raise PrivateFileError(str(exc)) from None
+    if sealer is None:
+        return plain
+    line = sealer.seal_text(plain, context=SEAL_CONTEXT)
+    header = (
+        f"# natkit REST secrets, sealed with master key {sealer.key_id}.\n"
+        "# Edit with natkit secrets add / retire.\n"
+    )
+    return (header + line + "\n").encode("ascii")
+
+
+def seal_rest_secrets(data_dir: Path) -> bool:
+    """Rewrite a plain ``rest-secrets`` sealed (data directory sealed); True if done."""
+    from natkit.security.sealing import is_sealed_text
+
+    path = rest_secrets_path(data_dir)
+    if not path.exists():
+        return False
+    with _locked(path):
+        check_private_file(path)
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return False  # read_rest_secrets reports it
+        if is_sealed_text(text):
+            return False
+        current = read_rest_secrets(data_dir)
+        data = _file_bytes(data_dir, current)
+        if data == text.encode("ascii"):
+            return False
+        write_private_file(path, data)
+    logger.info("sealed REST secrets file %s", path)
+    return True
+
+
+def _audit(
+    data_dir: Path, event_type: str, fingerprint: str, reason: str | None = None
+) -> None:
+    from natkit.security.audit import record_change
+
+    record_change(
+        data_dir, event_type, outcome="success", fingerprint=fingerprint, reason=reason
+    )
+
+
 def read_rest_secrets(data_dir: Path) -> list[bytes]:
     """The REST secrets of ``data_dir``, newest first; the file must exist.
 
     Raises :class:`PrivateFileError` if it is missing, open to other users,
-    malformed or empty.
+    malformed, empty, or sealed under a master key that cannot be found.
     """
     path = rest_secrets_path(data_dir)
     check_private_file(path)
@@ -251,6 +373,7 @@ def read_rest_secrets(data_dir: Path) -> list[bytes]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
         raise PrivateFileError(f"cannot read {path}: {reason or exc}") from None
+    text = _unsealed(data_dir, path, text)
     found = parse_rest_secrets(text, source=str(path))
     if not found:
         raise PrivateFileError(
@@ -270,10 +393,16 @@ def ensure_rest_secrets(data_dir: Path) -> RestSecrets:
     generated = False
     if not path.exists():
         secret = secrets.token_bytes(GENERATED_SECRET_BYTES)
-        generated = create_private_file(path, format_rest_secrets([secret]))
+        generated = create_private_file(path, _file_bytes(data_dir, [secret]))
         if generated:
             logger.info(
                 "generated REST secret %s in %s", secret_fingerprint(secret), path
+            )
+            _audit(
+                data_dir,
+                "secret.add",
+                fingerprint=secret_fingerprint(secret),
+                reason="generated on first use",
             )
     return RestSecrets(path, tuple(read_rest_secrets(data_dir)), generated)
 
@@ -301,8 +430,9 @@ def add_rest_secret(data_dir: Path, secret: bytes | None = None) -> bytes:
             raise RestSecretError(
                 f"secret {secret_fingerprint(secret)} is already in {path}"
             )
-        write_private_file(path, format_rest_secrets([secret, *current]))
+        write_private_file(path, _file_bytes(data_dir, [secret, *current]))
     logger.info("added REST secret %s to %s", secret_fingerprint(secret), path)
+    _audit(data_dir, "secret.add", fingerprint=secret_fingerprint(secret))
     return secret
 
 
@@ -327,9 +457,10 @@ def retire_rest_secret(data_dir: Path, fingerprint: str | None = None) -> bytes:
                 "add a new one first"
             )
         write_private_file(
-            path, format_rest_secrets([s for s in current if s != victim])
+            path, _file_bytes(data_dir, [s for s in current if s != victim])
         )
     logger.info("retired REST secret %s from %s", secret_fingerprint(victim), path)
+    _audit(data_dir, "secret.retire", fingerprint=secret_fingerprint(victim))
     return victim
 
 

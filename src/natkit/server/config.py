@@ -47,6 +47,10 @@ ENV_PREFIX = "NATKIT_"
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+CryptoProfileName = Literal["default", "fips"]
+RestHmacName = Literal["sha1", "sha256"]
+#: audit files rotate at this size unless configured (0: never)
+DEFAULT_AUDIT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class ConfigError(NatkitError):
@@ -205,7 +209,11 @@ class StaticUser:
 STATIC_USER_ALGORITHMS = (PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256)
 
 
-def _derive_user(value: object, realm: str) -> StaticUser:
+def _derive_user(
+    value: object,
+    realm: str,
+    algorithms: tuple[PasswordAlgorithm, ...] = STATIC_USER_ALGORITHMS,
+) -> StaticUser:
     from natkit.server.store import derive_keys, prepare_username
 
     if isinstance(value, StaticUser):
@@ -217,7 +225,7 @@ def _derive_user(value: object, realm: str) -> StaticUser:
         raise ValueError("expected NAME:PASSWORD, both non-empty")
     try:
         username = prepare_username(name)
-        keys = derive_keys(username, realm, password, STATIC_USER_ALGORITHMS)
+        keys = derive_keys(username, realm, password, algorithms)
     except UsageError as exc:
         raise ValueError(str(exc)) from None
     return StaticUser(username, keys)
@@ -264,6 +272,70 @@ def _validate_alternate_ip(value: object) -> str:
 AlternateIpField = Annotated[str, PlainValidator(_validate_alternate_ip)]
 
 
+#: the admin API's listener unless configured: loopback only, HTTPS
+DEFAULT_ADMIN_LISTEN = "127.0.0.1:8443"
+DEFAULT_ADMIN_PORT = 8443
+
+
+@dataclass(frozen=True, slots=True)
+class AdminAddress:
+    """``HOST[:PORT]`` of the admin API listener; IPv6 in brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_loopback(self) -> bool:
+        return ipaddress.ip_address(self.host).is_loopback
+
+    @classmethod
+    def parse(cls, text: str) -> "AdminAddress":
+        """``127.0.0.1:8443``, ``[::1]:8443`` or a bare IP (port 8443)."""
+        text = text.strip()
+        port_text = ""
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise ValueError("expected [IPV6]:PORT")
+            port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        else:
+            host = text
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (no host names)") from None
+        port = DEFAULT_ADMIN_PORT
+        if port_text:
+            if not port_text.isascii() or not port_text.isdigit():
+                raise ValueError(f"port {port_text!r} is not a number")
+            port = int(port_text)
+        if not 1 <= port <= 0xFFFF:
+            raise ValueError("port must be 1-65535")
+        return cls(str(ip), port)
+
+
+def _validate_admin_listen(value: object) -> AdminAddress:
+    if isinstance(value, AdminAddress):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a string HOST:PORT, e.g. 127.0.0.1:8443")
+    return AdminAddress.parse(value)
+
+
+AdminAddressField = Annotated[
+    AdminAddress,
+    PlainValidator(_validate_admin_listen),
+    PlainSerializer(str, return_type=str),
+]
+
+
 @dataclass(frozen=True, slots=True)
 class Rfc5780Addresses:
     """The two IPs and two ports of an RFC 5780 server (RFC 5780 §6).
@@ -303,6 +375,13 @@ class ServerConfig(BaseModel):
     relay_ports: PortRangeField = PortRange.parse(DEFAULT_RELAY_PORTS)
     relay_ip: tuple[RelayIpField, ...] = ()
     external_ip: tuple[ExternalIpField, ...] = ()
+    # the crypto profile (NIST SC-13), before users: it picks their keys;
+    # see docs/security.md
+    crypto_profile: CryptoProfileName = "default"
+    allow_legacy_md5: bool = False
+    allow_legacy_sha1: bool = False
+    rest_hmac: RestHmacName | None = None
+    fips_required: bool = False
     users: tuple[StaticUser, ...] = ()
     auth_secret: str | None = Field(default=None, repr=False)
     auth_secret_file: Path | None = None
@@ -316,11 +395,36 @@ class ServerConfig(BaseModel):
     bps_limit: int = Field(default=0, ge=0)
     max_lifetime: int = Field(default=3600, ge=1, le=86400)
     default_lifetime: int = Field(default=600, ge=1, le=86400)
+    # kernel buffers (SO_RCVBUF, SO_SNDBUF) of UDP listeners and relay
+    # sockets, 0: the kernel default; see docs/benchmarks.md
+    udp_buffer_bytes: int = Field(default=4 << 20, ge=0, le=1 << 30)
+    relay_buffer_bytes: int = Field(default=1 << 20, ge=0, le=1 << 30)
 
     # RFC 5780 NAT behaviour discovery; see docs/configuration.md
     rfc5780: bool = False
     alternate_ip: AlternateIpField | None = None
     alternate_port: int | None = Field(default=None, ge=1, le=0xFFFF)
+
+    # admin API and metrics (HTTPS, bearer tokens); see docs/configuration.md
+    admin: bool = True
+    admin_listen: AdminAddressField = AdminAddress.parse(DEFAULT_ADMIN_LISTEN)
+    admin_allow_remote: bool = False
+    admin_cert: Path | None = None
+    admin_key: Path | None = None
+    metrics: bool = True
+    metrics_public: bool = False
+
+    # audit trail and sealing at rest (NIST AU-*, SC-28); see docs/security.md
+    node_name: str | None = None
+    audit: bool = True
+    audit_log: Path | None = None
+    audit_key_file: Path | None = None
+    audit_max_bytes: int = Field(default=DEFAULT_AUDIT_MAX_BYTES, ge=0)
+    audit_flush_seconds: float = Field(default=1.0, gt=0, le=60)
+    audit_buffer: int = Field(default=10_000, ge=100, le=10_000_000)
+    audit_checkpoint_records: int = Field(default=1000, ge=0)
+    audit_checkpoint_seconds: float = Field(default=300.0, ge=0)
+    master_key_file: Path | None = None
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -366,7 +470,13 @@ class ServerConfig(BaseModel):
             value = [value]
         if realm is None or not isinstance(value, list | tuple):
             return value
-        users = [_derive_user(v, realm) for v in value]
+        algorithms: tuple[PasswordAlgorithm, ...] = STATIC_USER_ALGORITHMS
+        if info.data.get("crypto_profile") == "fips" and not info.data.get(
+            "allow_legacy_md5"
+        ):
+            # FIPS 140: no MD5 key is computed (OpenSSL in FIPS mode refuses)
+            algorithms = (PasswordAlgorithm.SHA256,)
+        users = [_derive_user(v, realm, algorithms) for v in value]
         names = [u.name for u in users]
         if len(set(names)) != len(names):
             raise ValueError("the same user is given twice")
@@ -375,8 +485,30 @@ class ServerConfig(BaseModel):
     @field_validator("auth_secret")
     @classmethod
     def _secret_long_enough(cls, value: str | None) -> str | None:
+        from natkit.security.secrets import weak_secret_reason
+
         if value is not None and len(value.encode()) < 16:
             raise ValueError("a REST secret must be at least 16 bytes")
+        weak = None if value is None else weak_secret_reason(value.encode())
+        if weak is not None:
+            # IA-5(1): default and placeholder secrets are refused
+            raise ValueError(f"a weak REST secret: {weak}")
+        return value
+
+    @field_validator("master_key_file")
+    @classmethod
+    def _key_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError("file not found (the master key is provisioned apart)")
+        return value
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name_fits(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            0 < len(value) <= 253 and value.isprintable() and value.strip() == value
+        ):
+            raise ValueError("a node name is 1-253 printable characters")
         return value
 
     @field_validator("auth_secret_file")
@@ -399,7 +531,7 @@ class ServerConfig(BaseModel):
             raise ValueError("SOFTWARE must be under 128 characters (RFC 8489 §14.14)")
         return value
 
-    @field_validator("tls_cert", "tls_key")
+    @field_validator("tls_cert", "tls_key", "admin_cert", "admin_key")
     @classmethod
     def _file_exists(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
@@ -538,6 +670,8 @@ def _cross_check(config: ServerConfig) -> None:
         )
     _check_external(config)
     check_rfc5780(config)
+    _check_admin(config)
+    _check_crypto(config)
 
 
 def check_rfc5780(config: ServerConfig) -> Rfc5780Addresses | None:
@@ -634,3 +768,34 @@ def _check_external(config: ServerConfig) -> None:
         seen.add(target)
         if private is not None and config.relay_ip and private not in config.relay_ip:
             raise ConfigError(key, str(external), "PRIVATE is not one of relay_ip")
+
+
+def _check_admin(config: ServerConfig) -> None:
+    """The admin API: its own certificate pair, loopback unless allowed."""
+    if (config.admin_cert is None) != (config.admin_key is None):
+        key = "admin_key" if config.admin_key is None else "admin_cert"
+        raise ConfigError(key, None, "admin_cert and admin_key must be given together")
+    if config.admin and not config.admin_listen.is_loopback:
+        if not config.admin_allow_remote:
+            raise ConfigError(
+                "admin_listen",
+                str(config.admin_listen),
+                "not a loopback address; set admin_allow_remote = true to "
+                "expose the admin API beyond this host",
+            )
+
+
+def _check_crypto(config: ServerConfig) -> None:
+    """The crypto profile (NIST SC-13): legacy switches only where they apply."""
+    fips = config.crypto_profile == "fips"
+    for key in ("allow_legacy_md5", "allow_legacy_sha1"):
+        if getattr(config, key) and not fips:
+            raise ConfigError(
+                key, True, "has no effect without crypto_profile = 'fips'"
+            )
+    if fips and config.rest_hmac == "sha1" and not config.allow_legacy_sha1:
+        raise ConfigError(
+            "rest_hmac",
+            "sha1",
+            "the fips profile uses sha256 (set allow_legacy_sha1 = true to keep sha1)",
+        )

@@ -12,18 +12,28 @@ and the sans-IO :class:`~natkit.turn.server.TurnServer` with its driver.
 With ``rfc5780`` on, :func:`build_rfc5780` adds the listeners of the other
 three RFC 5780 §6 addresses and the responder that answers Binding on all
 four (:mod:`natkit.net.rfc5780`).
+
+Before any listener, :func:`open_security` applies the FedRAMP controls of
+``natkit.security`` (docs/security.md): the crypto profile (and
+``fips_required``), the master key and sealing at rest, and the audit
+trail, which records start and stop, the configuration, and every TURN
+event (:class:`~natkit.security.audit.TurnAuditSink`).
 """
 
 import asyncio
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import socket
+import ssl
 import stat
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from natkit import __version__
 from natkit.nat.endpoint import Endpoint
@@ -33,7 +43,15 @@ from natkit.net.listeners import ServiceStats, StreamLimits, StunService
 from natkit.net.relay import DONT_FRAGMENT_SUPPORTED, RelayIp, RelayPorts
 from natkit.net.rfc5780 import Rfc5780Sockets
 from natkit.net.turn_driver import TurnDriver
+from natkit.security.audit import (
+    AuditLog,
+    AuditSettings,
+    NullAuditSink,
+    TurnAuditSink,
+)
 from natkit.security.certs import TlsFiles, ensure_self_signed, server_context
+from natkit.security.fips import CryptoProfile, fips_status, harden_tls_context
+from natkit.security.sealing import Sealer
 from natkit.server.config import ServerConfig
 from natkit.stun.constants import PasswordAlgorithm
 from natkit.stun.errors import NatkitError
@@ -44,11 +62,16 @@ from natkit.turn.auth import (
     LongTermAuthenticator,
     NonceManager,
 )
-from natkit.turn.credentials import RestSecretKeys, parse_rest_username
+from natkit.turn.credentials import RestHmac, RestSecretKeys, parse_rest_username
+from natkit.turn.events import EventSink, LoggingEventSink
 from natkit.turn.policy import PeerPolicy
 from natkit.turn.quota import QuotaConfig
 from natkit.turn.server import TurnConfig, TurnServer, rest_quota_user
 from natkit.turn.throttle import AuthThrottle
+
+if TYPE_CHECKING:
+    from natkit.security.audit import AuditSink
+    from natkit.server.admin import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +80,135 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class StartupError(NatkitError):
     """The server cannot start: data directory, certificate or listener."""
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """The controls one server runs with (see :func:`open_security`)."""
+
+    profile: CryptoProfile
+    sealer: Sealer
+    audit: AuditLog | NullAuditSink
+
+
+def crypto_profile(config: ServerConfig) -> CryptoProfile:
+    """The crypto profile of ``config`` (NIST SC-13, :mod:`natkit.security.fips`)."""
+    from natkit.security.fips import make_profile
+
+    return make_profile(
+        fips=config.crypto_profile == "fips",
+        allow_legacy_md5=config.allow_legacy_md5,
+        rest_hmac=config.rest_hmac,
+    )
+
+
+def open_security(config: ServerConfig) -> Security:
+    """Crypto profile, master key and sealing, audit trail; StartupError if not.
+
+    Refuses to start when ``fips_required`` is set and OpenSSL is not in
+    FIPS mode, when a key or secret file is open to other users, when the
+    master key is not the one the data directory was sealed with, and when
+    the audit trail cannot be opened.
+    """
+    from natkit.security.fips import FipsError, check_start
+    from natkit.security.sealing import SealError, enable_sealing, load_master_key
+    from natkit.security.secrets import PrivateFileError, seal_rest_secrets
+
+    ensure_data_dir(config.data_dir)
+    profile = crypto_profile(config)
+    status = fips_status()
+    try:
+        check_start(profile, status, required=config.fips_required)
+        master = load_master_key(config.data_dir, key_file=config.master_key_file)
+        sealer = enable_sealing(config.data_dir, master)
+        seal_rest_secrets(config.data_dir)
+    except (FipsError, SealError, PrivateFileError) as exc:
+        raise StartupError(str(exc)) from None
+    audit = open_audit(config)
+    audit.emit(
+        "server.start",
+        outcome="success",
+        version=__version__,
+        crypto_profile=profile.name,
+        openssl=status.openssl_version,
+        fips_mode=status.enabled,
+        master_key_id=sealer.key_id,
+        pid=os.getpid(),
+    )
+    audit.emit("config.load", outcome="success", **config_summary(config))
+    if isinstance(audit, AuditLog):
+        audit.flush()  # start-up is on disk before anything else happens
+    return Security(profile, sealer, audit)
+
+
+def open_audit(config: ServerConfig) -> AuditLog | NullAuditSink:
+    """The audit trail of ``config`` (NullAuditSink with ``audit = false``)."""
+    from natkit.security.audit import AuditError
+
+    if not config.audit:
+        logger.warning("audit = false: no audit trail is written")
+        return NullAuditSink()
+    settings = AuditSettings.for_data_dir(
+        config.data_dir,
+        node=config.node_name or socket.gethostname(),
+        max_bytes=config.audit_max_bytes,
+        buffer_limit=config.audit_buffer,
+        flush_seconds=config.audit_flush_seconds,
+        checkpoint_records=config.audit_checkpoint_records,
+        checkpoint_seconds=config.audit_checkpoint_seconds,
+        **{
+            k: v
+            for k, v in (
+                ("log", config.audit_log),
+                ("key_file", config.audit_key_file),
+            )
+            if v is not None
+        },
+    )
+    try:
+        audit = AuditLog.open(settings)
+    except AuditError as exc:
+        raise StartupError(str(exc)) from None
+    logger.info("audit trail %s (key %s)", settings.log, audit.key_id)
+    return audit
+
+
+def config_summary(config: ServerConfig) -> dict[str, str | int | bool | None]:
+    """What ``config.load`` records: a digest of the settings, never a secret."""
+    import hashlib
+    import json
+
+    settings = config.model_dump(mode="json", exclude={"users", "auth_secret"})
+    settings["users"] = sorted(u.name for u in config.users)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    return {
+        "config_sha256": digest.hexdigest(),
+        "data_dir": str(config.data_dir),
+        "crypto_profile": config.crypto_profile,
+        "turn": config.turn,
+        "static_users": len(config.users),
+        "auth_secret_set": config.auth_secret is not None,
+    }
+
+
+def close_security(
+    security: Security, stats: ServiceStats | None, failure: BaseException | None
+) -> None:
+    """``server.stop`` (or a failed ``server.start``), then close the trail."""
+    audit = security.audit
+    if failure is not None:
+        reason = str(failure) or type(failure).__name__
+        audit.emit("server.start", outcome="failure", reason=reason)
+    elif stats is not None:
+        turn = stats.turn
+        audit.emit(
+            "server.stop",
+            outcome="success",
+            responses=stats.success + stats.responder.errors,
+            turn_requests=turn.core.requests if turn else 0,
+            turn_errors=turn.core.errors if turn else 0,
+        )
+    audit.close()
 
 
 def ensure_data_dir(path: Path) -> Path:
@@ -105,12 +257,22 @@ async def serve(
     """
     listeners = config.listeners()
     stop = stop or asyncio.Event()
+    security = open_security(config)
     handled = _install_signals(stop)
     try:
-        service = await _start(config, listeners)
-    except BaseException:
+        service = await _start(config, listeners, security)
+    except BaseException as exc:
         _remove_signals(handled)
+        close_security(security, None, exc)
         raise
+    try:
+        admin = await _start_admin(config, service, security.audit, security.sealer)
+    except BaseException as exc:
+        _remove_signals(handled)
+        await service.close()
+        close_security(security, None, exc)
+        raise
+    handled.extend(_install_reload(config, service, security))
 
     # run until told to stop
     try:
@@ -119,8 +281,11 @@ async def serve(
         await stop.wait()
     finally:
         _remove_signals(handled)
+        if admin is not None:
+            await admin.close()
         await service.close()
     stats = service.stats()
+    close_security(security, stats, None)
     logger.info(
         "stopped: %d responses (%d errors), %d malformed, %d ignored, "
         "%d idle connections closed, %d connections refused",
@@ -157,17 +322,18 @@ async def serve(
 
 
 async def _start(
-    config: ServerConfig, listeners: tuple[ListenAddress, ...]
+    config: ServerConfig, listeners: tuple[ListenAddress, ...], security: Security
 ) -> StunService:
     """Data directory, TLS material (when needed), then every listener."""
     ensure_data_dir(config.data_dir)
 
-    # step 1: TLS material, only when a TLS listener is asked for
+    # step 1: TLS material, only when a TLS listener is asked for; 1.2+, AEAD
     ssl_context = None
     if any(a.transport is Transport.TLS for a in listeners):
         try:
             ssl_context = server_context(tls_files(config))
-        except NatkitError as exc:
+            harden_tls_context(ssl_context, security.profile)
+        except (NatkitError, ssl.SSLError) as exc:
             raise StartupError(str(exc)) from None
 
     # step 2: RFC 5780, when asked for: listeners on the other addresses
@@ -177,7 +343,14 @@ async def _start(
 
     # step 3: TURN, when asked for: relays, credentials, policy, the core
     responder = BindingResponder(config.software)
-    turn = build_turn(config, listeners, responder) if config.turn else None
+    turn = None
+    if config.turn:
+        events = TurnAuditSink(
+            security.audit, realm=config.realm, also=LoggingEventSink()
+        )
+        turn = build_turn(
+            config, listeners, responder, events=events, profile=security.profile
+        )
 
     # step 4: the listeners
     service = StunService(
@@ -189,6 +362,7 @@ async def _start(
         ),
         turn=turn,
         rfc5780=rfc5780,
+        udp_buffer_bytes=config.udp_buffer_bytes,
     )
     try:
         bound = await service.start(listeners, ssl_context=ssl_context)
@@ -207,6 +381,24 @@ async def _start(
     if rfc5780 is not None:
         logger.info("%s", rfc5780.describe())
     return service
+
+
+async def _start_admin(
+    config: ServerConfig,
+    service: StunService,
+    audit: "AuditSink | None" = None,
+    sealer: Sealer | None = None,
+) -> "AdminServer | None":
+    """The admin API and metrics listener (:mod:`natkit.server.admin`), if on.
+
+    ``audit`` receives a record of every admin change and refused login.
+    """
+    from natkit.server.admin import start_admin
+
+    try:
+        return await start_admin(config, service, audit=audit, sealer=sealer)
+    except NatkitError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def build_rfc5780(config: ServerConfig) -> Rfc5780Sockets | None:
@@ -280,8 +472,15 @@ def build_turn(
     config: ServerConfig,
     listeners: Sequence[ListenAddress],
     responder: BindingResponder,
+    *,
+    events: EventSink | None = None,
+    profile: CryptoProfile | None = None,
 ) -> TurnDriver:
     """The TURN core and its driver for ``config`` (RFC 8656).
+
+    ``events`` receives the core's events (the audit sink in ``serve``);
+    ``profile`` picks the password algorithms and the REST HMAC (by
+    default the one ``config`` asks for).
 
     Raises :class:`StartupError` when a relay address cannot be bound or a
     secret or the user store cannot be read.
@@ -289,12 +488,22 @@ def build_turn(
     relay_ips = relay_addresses(config, listeners)
     for relay_ip in relay_ips:
         _check_bindable(relay_ip.bind)
-    ports = RelayPorts(relay_ips, config.relay_ports.low, config.relay_ports.high)
+    ports = RelayPorts(
+        relay_ips,
+        config.relay_ports.low,
+        config.relay_ports.high,
+        buffer_bytes=config.relay_buffer_bytes,
+    )
 
     # who may relay: --user users, the user store, REST credentials
-    keys = server_keys(config)
+    profile = profile or crypto_profile(config)
+    keys = server_keys(config, rest_hmac=profile.rest_hmac)
     authenticator = LongTermAuthenticator(
-        config.realm, keys, NonceManager(secrets.token_bytes(32))
+        config.realm,
+        keys,
+        NonceManager(secrets.token_bytes(32)),
+        algorithms=profile.password_algorithms,
+        fips=profile.authenticator_fips,
     )
 
     # where to: the peer policy, with this server's own addresses denied
@@ -316,6 +525,7 @@ def build_turn(
         config=turn_config(config, ports),
         binding=responder,
         throttle=AuthThrottle(),
+        events=events,
     )
     driver = TurnDriver(server, ports)
     driver.on_close(keys.close)
@@ -342,7 +552,9 @@ def turn_config(config: ServerConfig, ports: RelayPorts) -> TurnConfig:
     )
 
 
-def server_keys(config: ServerConfig) -> ServerKeys:
+def server_keys(
+    config: ServerConfig, *, rest_hmac: RestHmac = RestHmac.SHA1
+) -> ServerKeys:
     """The credentials the server accepts (see :class:`ServerKeys`)."""
     static = InMemoryKeyStore()
     for user in config.users:
@@ -355,7 +567,9 @@ def server_keys(config: ServerConfig) -> ServerKeys:
             store = UserStore.open(config.data_dir)
         except NatkitError as exc:
             raise StartupError(str(exc)) from None
-    rest = RestSecretKeys(rest_secrets(config), clock=time.time)
+    rest = RestSecretKeys(
+        rest_secrets(config), clock=time.time, hmac_algorithm=rest_hmac
+    )
     return ServerKeys(static, store, rest)
 
 
@@ -365,6 +579,8 @@ def rest_secrets(config: ServerConfig) -> list[bytes]:
         check_private_file,
         load_or_create_rest_secret,
         parse_rest_secrets,
+        secret_fingerprint,
+        weak_secret_reason,
     )
 
     found: list[bytes] = []
@@ -380,6 +596,14 @@ def rest_secrets(config: ServerConfig) -> list[bytes]:
                 raise StartupError(f"{path} holds no secret")
         if not found:
             found = load_or_create_rest_secret(config.data_dir)
+        for secret in found:
+            # IA-5(1): a placeholder or trivial secret stops start-up
+            weak = weak_secret_reason(secret)
+            if weak is not None:
+                raise StartupError(
+                    f"REST secret {secret_fingerprint(secret)} is weak ({weak}); "
+                    "replace it: natkit secrets add, then natkit secrets retire"
+                )
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
         raise StartupError(f"cannot read {config.auth_secret_file}: {reason}") from None
@@ -524,6 +748,45 @@ def _relay_text(relay_ip: RelayIp) -> str:
     if relay_ip.advertised == relay_ip.bind:
         return relay_ip.bind
     return f"{relay_ip.bind} (advertised as {relay_ip.advertised})"
+
+
+def _install_reload(
+    config: ServerConfig, service: StunService, security: Security
+) -> list[signal.Signals]:
+    """SIGHUP: :func:`reload_secrets` (main thread only)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(
+            signal.SIGHUP, reload_secrets, config, service, security.audit
+        )
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+        return []
+    return [signal.SIGHUP]
+
+
+def reload_secrets(
+    config: ServerConfig, service: StunService, audit: "AuditSink"
+) -> bool:
+    """Read the REST secrets again and use them (``config.reload``); True if so.
+
+    Run on SIGHUP, e.g. after ``natkit secrets add``. On failure the secrets
+    in use stay, and the record and a WARNING say why.
+    """
+    keys = None
+    if service.turn is not None:
+        keys = getattr(service.turn.server.authenticator, "keys", None)
+    if not isinstance(keys, ServerKeys):
+        return False
+    try:
+        found = rest_secrets(config)
+        keys.rest.set_secrets(found)
+    except NatkitError as exc:
+        logger.warning("reload: REST secrets kept as they were: %s", exc)
+        audit.emit("config.reload", outcome="failure", reason=str(exc))
+        return False
+    logger.info("reload: %d REST secrets in use", len(found))
+    audit.emit("config.reload", outcome="success", rest_secret_count=len(found))
+    return True
 
 
 def _install_signals(stop: asyncio.Event) -> list[signal.Signals]:

@@ -12,11 +12,18 @@ SQLite whether another connection committed (``PRAGMA data_version``) and,
 if so, reloads, so a user added while the server runs is seen within about
 a second.
 
-Schema (version 1; the ``schema_version`` table lets later versions
+Schema (version 2; the ``schema_version`` table lets later versions
 migrate in place)::
 
     users(id, username, realm, userhash, created_at)   -- unique (username, realm)
-    user_keys(user_id, algorithm, key)                  -- algorithm: RFC 8489 §18.5
+    user_keys(user_id, algorithm, key, sealed)          -- algorithm: RFC 8489 §18.5
+
+Version 2 added ``sealed``: in a sealed data directory (NIST SC-28,
+:mod:`natkit.security.sealing`) every ``key`` is AES-256-GCM sealed under
+the master key, bound to its user, realm and algorithm; keys stored plain
+(version 1, or before the directory was sealed) are sealed when the store
+is opened. Adding and removing a user writes an audit record (``user.add``,
+``user.replace``, ``user.remove``) into the data directory's audit trail.
 """
 
 import datetime
@@ -30,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from natkit.security.sealing import Sealer, SealError, data_dir_sealer
 from natkit.security.secrets import (
     PrivateFileError,
     check_private_file,
@@ -44,7 +52,7 @@ from natkit.turn.credentials import parse_rest_username
 logger = logging.getLogger(__name__)
 
 DB_FILE = "natkit.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: what :meth:`UserStore.add_user` derives unless told otherwise
 DEFAULT_ALGORITHMS: tuple[PasswordAlgorithm, ...] = (
@@ -184,6 +192,7 @@ class UserStore:
     __slots__ = (
         "path",
         "refresh_interval",
+        "sealer",
         "_conn",
         "_lock",
         "_cache",
@@ -200,9 +209,11 @@ class UserStore:
         *,
         refresh_interval: float,
         clock: Callable[[], float],
+        sealer: Sealer | None = None,
     ) -> None:
         self.path = path
         self.refresh_interval = refresh_interval
+        self.sealer = sealer
         self._conn = conn
         self._lock = threading.Lock()
         self._clock = clock
@@ -221,12 +232,16 @@ class UserStore:
         create: bool = True,
         refresh_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        sealer: Sealer | None = None,
     ) -> Self:
         """Open (by default create) ``natkit.db`` in ``data_dir``.
 
-        Raises :class:`StoreError` when the file is open to other users, is
-        not a natkit store, has a newer schema, or (with ``create=False``)
-        does not exist.
+        ``sealer`` defaults to the data directory's
+        (:func:`~natkit.security.sealing.data_dir_sealer`); with one, plain
+        keys are sealed now. Raises :class:`StoreError` when the file is
+        open to other users, is not a natkit store, has a newer schema,
+        holds sealed keys but no master key is found, or (with
+        ``create=False``) does not exist.
         """
         path = data_dir / DB_FILE
         try:
@@ -239,13 +254,20 @@ class UserStore:
             check_private_file(path)
         except PrivateFileError as exc:
             raise StoreError(str(exc)) from None
+        try:
+            sealer = sealer or data_dir_sealer(data_dir)
+        except SealError as exc:
+            raise StoreError(f"{path}: {exc}") from None
         conn = _connect(path)
         try:
             _migrate(conn, path)
+            _seal_plain_keys(conn, path, sealer)
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, refresh_interval=refresh_interval, clock=clock)
+        return cls(
+            path, conn, refresh_interval=refresh_interval, clock=clock, sealer=sealer
+        )
 
     def close(self) -> None:
         """Close the database; lookups then serve the last loaded users."""
@@ -306,8 +328,16 @@ class UserStore:
                 (username, realm, digest, created),
             )
             self._conn.executemany(
-                "INSERT INTO user_keys (user_id, algorithm, key) VALUES (?, ?, ?)",
-                [(cursor.lastrowid, int(a), key) for a, key in keys.items()],
+                "INSERT INTO user_keys (user_id, algorithm, key, sealed)"
+                " VALUES (?, ?, ?, ?)",
+                [
+                    (
+                        cursor.lastrowid,
+                        int(a),
+                        *_at_rest(self.sealer, username, realm, a, k),
+                    )
+                    for a, k in keys.items()
+                ],
             )
         with self._lock:
             self._reload()
@@ -317,6 +347,13 @@ class UserStore:
             username,
             realm,
             ", ".join(a.name for a in chosen),
+        )
+        _audit(
+            self.path.parent,
+            "user.replace" if row is not None else "user.add",
+            username,
+            realm,
+            [a.name.lower() for a in chosen],
         )
         return UserRecord(username, realm, chosen, _utc(created))
 
@@ -332,6 +369,7 @@ class UserStore:
             with self._lock:
                 self._reload()
             logger.info("removed user %r from realm %r", username, realm)
+            _audit(self.path.parent, "user.remove", key[0], key[1], None)
         return removed
 
     def list_users(self, realm: str | None = None) -> list[UserRecord]:
@@ -397,7 +435,7 @@ class UserStore:
         try:
             version = self._conn.execute("PRAGMA data_version").fetchone()[0]
             rows = self._conn.execute(
-                "SELECT u.username, u.realm, u.userhash, k.algorithm, k.key"
+                "SELECT u.username, u.realm, u.userhash, k.algorithm, k.key, k.sealed"
                 " FROM users u JOIN user_keys k ON k.user_id = u.id"
             ).fetchall()
         except sqlite3.Error as exc:
@@ -405,17 +443,50 @@ class UserStore:
             return
         keys: dict[tuple[str, str], dict[PasswordAlgorithm, bytes]] = {}
         hashes: dict[tuple[bytes, str], str] = {}
-        for username, realm, digest, algorithm, key in rows:
+        unusable = 0
+        for username, realm, digest, algorithm, key, sealed in rows:
             try:
                 kind = PasswordAlgorithm(algorithm)
             except ValueError:
                 continue  # written by a newer natkit: not usable here
-            keys.setdefault((username, realm), {})[kind] = bytes(key)
+            plain = self._plain_key(username, realm, kind, bytes(key), bool(sealed))
+            if plain is None:
+                unusable += 1
+                continue
+            keys.setdefault((username, realm), {})[kind] = plain
             if digest is not None:
                 hashes[(bytes(digest), realm)] = username
         self._cache = _Cache(keys, hashes)
         self._data_version = version
+        if unusable:
+            logger.warning(
+                "user store %s: %d sealed keys do not unseal with master key %s "
+                "(changed, or sealed with another key); those users cannot log in",
+                self.path,
+                unusable,
+                self.sealer.key_id if self.sealer else "(none)",
+            )
         logger.debug("loaded %d users from %s", len(keys), self.path)
+
+    def _plain_key(
+        self,
+        username: str,
+        realm: str,
+        algorithm: PasswordAlgorithm,
+        key: bytes,
+        sealed: bool,
+    ) -> bytes | None:
+        """A stored key as the authenticator needs it; None if it cannot unseal."""
+        if not sealed:
+            return key
+        if self.sealer is None:
+            return None
+        try:
+            return self.sealer.unseal(
+                key, context=key_context(username, realm, algorithm)
+            )
+        except SealError:
+            return None
 
     def _transaction(self) -> "_Transaction":
         return _Transaction(self._conn, self.path)
@@ -475,6 +546,8 @@ def _connect(path: Path) -> sqlite3.Connection:
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # deleted and replaced keys are overwritten, not left in free pages
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path}: {exc}") from None
@@ -501,8 +574,111 @@ def _create_v1(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_sealed_v2(conn: sqlite3.Connection) -> None:
+    """Version 2: keys may be sealed at rest (NIST SC-28)."""
+    conn.execute("ALTER TABLE user_keys ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
+
+
 #: _MIGRATIONS[n] brings a store from schema version n to n + 1
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _create_v1,
+    _add_sealed_v2,
+)
+
+
+def key_context(username: str, realm: str, algorithm: PasswordAlgorithm) -> bytes:
+    """What a sealed key is bound to: its user, realm and algorithm."""
+    return b"\0".join(
+        (
+            b"natkit user-key v1",
+            username.encode("utf-8"),
+            realm.encode("utf-8"),
+            str(int(algorithm)).encode("ascii"),
+        )
+    )
+
+
+def _at_rest(
+    sealer: Sealer | None,
+    username: str,
+    realm: str,
+    algorithm: PasswordAlgorithm,
+    key: bytes,
+) -> tuple[bytes, int]:
+    """A key as stored: ``(value, sealed)``."""
+    if sealer is None:
+        return key, 0
+    return sealer.seal(key, context=key_context(username, realm, algorithm)), 1
+
+
+def _seal_plain_keys(
+    conn: sqlite3.Connection, path: Path, sealer: Sealer | None
+) -> None:
+    """Seal every plain key (schema v1, or stored before sealing was on).
+
+    Without a sealer, sealed keys are an error: they could not be used.
+    """
+    with _Transaction(conn, path):
+        if sealer is None:
+            row = conn.execute("SELECT count(*) FROM user_keys WHERE sealed = 1")
+            if row.fetchone()[0]:
+                raise StoreError(
+                    f"{path} holds sealed keys, but its data directory has no "
+                    "sealing marker (sealing.json) naming the master key"
+                )
+            return
+        rows = conn.execute(
+            "SELECT k.user_id, k.algorithm, k.key, u.username, u.realm"
+            " FROM user_keys k JOIN users u ON u.id = k.user_id WHERE k.sealed = 0"
+        ).fetchall()
+        for user_id, algorithm, key, username, realm in rows:
+            try:
+                kind = PasswordAlgorithm(algorithm)
+            except ValueError:
+                continue
+            sealed, _ = _at_rest(sealer, username, realm, kind, bytes(key))
+            conn.execute(
+                "UPDATE user_keys SET key = ?, sealed = 1"
+                " WHERE user_id = ? AND algorithm = ?",
+                (sealed, user_id, algorithm),
+            )
+    if rows:
+        _scrub(conn, path)
+        logger.info(
+            "user store %s: sealed %d keys under master key %s",
+            path,
+            len(rows),
+            sealer.key_id,
+        )
+
+
+def _scrub(conn: sqlite3.Connection, path: Path) -> None:
+    """Leave no plain key behind in free pages or the WAL (SC-28)."""
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error as exc:
+        logger.warning("user store %s: cannot compact after sealing: %s", path, exc)
+
+
+def _audit(
+    data_dir: Path,
+    event_type: str,
+    username: str,
+    realm: str,
+    algorithms: list[str] | None,
+) -> None:
+    from natkit.security.audit import record_change
+
+    record_change(
+        data_dir,
+        event_type,
+        outcome="success",
+        user=username,
+        realm=realm,
+        algorithms=algorithms,
+    )
 
 
 def _migrate(conn: sqlite3.Connection, path: Path) -> None:
@@ -519,7 +695,7 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{path} has schema version {version}; this natkit reads up to "
-                f"{SCHEMA_VERSION}"
+                f"schema version {SCHEMA_VERSION}"
             )
         for step in range(version, SCHEMA_VERSION):
             _MIGRATIONS[step](conn)

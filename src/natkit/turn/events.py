@@ -45,6 +45,8 @@ class EndReason(StrEnum):
     CONNECTION_CLOSED = "connection-closed"
     #: the server is shutting down
     SHUTDOWN = "shutdown"
+    #: an operator revoked it through the admin API
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,6 +81,7 @@ from natkit.stun.attributes import (
     ReservationToken,
     Software,
     UnknownAttributes,
+    Username,
     XorMappedAddress,
     XorPeerAddress,
     XorRelayedAddress,
@@ -437,6 +438,10 @@ class TurnServer:
         """Is ``ip``:``port`` the relayed address of a live allocation here?"""
         return RelayAddress(ip, port) in self._by_relay
 
+    def allocations(self) -> tuple[Allocation, ...]:
+        """Every live allocation, in creation order (for the admin API)."""
+        return tuple(self._by_client.values())
+
     def __len__(self) -> int:
         return len(self._by_client)
 
@@ -494,6 +499,20 @@ class TurnServer:
             return []
         actions: list[Action] = []
         self._end_allocation(alloc, now, EndReason.CONNECTION_CLOSED, actions)
+        return actions
+
+    def revoke(self, allocation_id: str, now: float) -> list[Action] | None:
+        """Delete the allocation ``allocation_id`` at once (an operator's order).
+
+        Its relays are released and closed as on expiry, so the client's
+        next Refresh gets 437 (RFC 8656 §7.3: no allocation on its
+        5-tuple). None when no live allocation has that id.
+        """
+        found = [a for a in self._by_client.values() if a.id == allocation_id]
+        if not found:
+            return None
+        actions: list[Action] = []
+        self._end_allocation(found[0], now, EndReason.REVOKED, actions)
         return actions
 
     def close(self, now: float) -> list[Action]:
@@ -735,14 +754,20 @@ class TurnServer:
     ) -> AuthResult | None:
         """Run the authenticator, with throttling and events; None: drop."""
         throttle = self.throttle
-        if throttle is not None and throttle.is_blocked(client.ip, now):
+        # the throttle parses the IP: ask it only when it holds something
+        if (
+            throttle is not None
+            and throttle.blocked
+            and throttle.is_blocked(client.ip, now)
+        ):
             self._count.throttled += 1
             return None
         auth_client = AuthClient(client.ip, client.port, client.transport)
         result = self.authenticator.verify_request(msg, auth_client, now)
         method = _method_name(msg.method)
         if result.ok:
-            if throttle is not None:
+            if throttle is not None and len(throttle) > throttle.blocked:
+                # failures are being counted somewhere: forget this source's
                 throttle.record_success(client.ip)
             self.events.emit(AuthSucceeded(result.username or "", str(client), method))
             return result
@@ -751,10 +776,12 @@ class TurnServer:
         if msg.integrity_offset is not None or msg.integrity_sha256_offset is not None:
             # a request without integrity just gets the challenge: not a failure
             code = result.error_code or ErrorCode.UNAUTHENTICATED
+            # an unknown user or a bad MAC leaves no verified name: record the
+            # name the request claimed, so the audit trail says who was tried
+            claimed = msg.get(Username)
+            username = result.username or (claimed.value if claimed else None)
             self.events.emit(
-                AuthFailed(
-                    result.username, str(client), method, code, result.detail or ""
-                )
+                AuthFailed(username, str(client), method, code, result.detail or "")
             )
         return result
 
@@ -1293,7 +1320,11 @@ def _relay_key(ip: str, port: int) -> RelayAddress:
 
 def _method_name(method: int) -> str:
     """The name of a method the server handles (for events)."""
-    return Method(method).name
+    name = _METHOD_NAMES.get(method)
+    return Method(method).name if name is None else name
+
+
+_METHOD_NAMES: dict[int, str] = {int(m): m.name for m in Method}
 
 
 def _error_attributes(exc: StunProtocolError) -> tuple[Attribute, ...]:
