@@ -161,6 +161,9 @@ class StunService:
         self.limits = limits or StreamLimits()
         self.counters = _Counters()
         self.connections: set[_StreamProtocol] = set()
+        #: the TLS listeners' context; reloading its certificate (SIGHUP)
+        #: changes what new connections see and leaves open ones alone
+        self.ssl_context: ssl.SSLContext | None = None
         #: the open listeners, with their bound ports (after ``start``)
         self.bound: tuple[ListenAddress, ...] = ()
         self._transports: list[asyncio.BaseTransport] = []
@@ -192,6 +195,7 @@ class StunService:
         cannot be opened.
         """
         bound: list[ListenAddress] = []
+        self.ssl_context = ssl_context
         if self.turn is not None:
             self.turn.start(asyncio.get_running_loop())
         try:

@@ -753,15 +753,45 @@ def _relay_text(relay_ip: RelayIp) -> str:
 def _install_reload(
     config: ServerConfig, service: StunService, security: Security
 ) -> list[signal.Signals]:
-    """SIGHUP: :func:`reload_secrets` (main thread only)."""
+    """SIGHUP: :func:`reload` (main thread only)."""
     loop = asyncio.get_running_loop()
     try:
-        loop.add_signal_handler(
-            signal.SIGHUP, reload_secrets, config, service, security.audit
-        )
+        loop.add_signal_handler(signal.SIGHUP, reload, config, service, security)
     except (NotImplementedError, RuntimeError, ValueError, AttributeError):
         return []
     return [signal.SIGHUP]
+
+
+def reload(config: ServerConfig, service: StunService, security: Security) -> None:
+    """SIGHUP: REST secrets and the TLS certificate, without dropping anything.
+
+    Allocations, open connections and listeners stay; new TLS handshakes use
+    the certificate read now (SC-8: certificates can be renewed in place).
+    """
+    reload_secrets(config, service, security.audit)
+    if service.ssl_context is not None:
+        reload_certificate(tls_files(config), service.ssl_context, security.audit)
+
+
+def reload_certificate(
+    files: TlsFiles, context: ssl.SSLContext, audit: "AuditSink"
+) -> bool:
+    """Load ``files`` into the live ``context``; on failure keep the old one.
+
+    The pair is tried in a scratch context first: a certificate that loads
+    with a key that does not match must not leave the live context half
+    changed.
+    """
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(files.cert, files.key)
+        context.load_cert_chain(files.cert, files.key)
+    except (OSError, ssl.SSLError) as exc:
+        logger.warning("reload: TLS certificate kept as it was: %s", exc)
+        audit.emit("config.reload", outcome="failure", reason=f"certificate: {exc}")
+        return False
+    logger.info("reload: TLS certificate %s", files.cert)
+    audit.emit("config.reload", outcome="success", certificate=str(files.cert))
+    return True
 
 
 def reload_secrets(
