@@ -16,7 +16,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from natkit.net.address import ListenAddress
 from natkit.net.listeners import ServiceStats
 from natkit.net.relay import RelayIp
 from natkit.server.config import load_config
-from natkit.server.daemon import relay_addresses, serve
+from natkit.server.daemon import relay_addresses
 from natkit.stun import integrity
 from natkit.stun.attributes import (
     Attribute,
@@ -58,6 +57,7 @@ from natkit.turn.channeldata import (
     encode_channel_data,
     next_frame,
 )
+from serve_thread import ServeThread
 
 TIMEOUT = 5.0
 QUIET = 0.5
@@ -142,42 +142,17 @@ class Server:
         }
         settings.update(overrides)
         self.config = load_config(environ={}, overrides=settings)
-        self.loop = loop_factory()
-        self.stats: ServiceStats | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(TIMEOUT):
-            raise RuntimeError("server did not start")
-        if self._error is not None:
-            raise self._error
+        self._server = ServeThread(
+            self.config, loop_factory=loop_factory, timeout=TIMEOUT
+        )
+        self.loop = self._server.loop
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            self.stats = await serve(
-                self.config, stop=self._stop, on_ready=lambda _: self._ready.set()
-            )
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:  # reported to the test thread
-            self._error = exc
-            self._ready.set()
-        finally:
-            self.loop.close()
+    @property
+    def running(self) -> bool:
+        return self._server.running
 
     def stop(self) -> ServiceStats:
-        stop = self._stop
-        if stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(stop.set)
-        self._thread.join(TIMEOUT)
-        if self._error is not None:
-            raise self._error
-        assert self.stats is not None
-        return self.stats
+        return self._server.stop()
 
 
 @pytest.fixture
@@ -193,7 +168,7 @@ def server_factory(
 
     yield start
     for server in started:
-        if server._thread.is_alive():
+        if server.running:
             server.stop()
 
 

@@ -20,12 +20,10 @@ too; on an allocation with a relay of the peer's family (a dual allocation,
 RFC 8656 §7.2 ADDITIONAL-ADDRESS-FAMILY) every one of them gets 403.
 """
 
-import asyncio
 import ipaddress
 import logging
 import random
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,7 +33,6 @@ import pytest
 
 from natkit.net.listeners import ServiceStats
 from natkit.server.config import load_config
-from natkit.server.daemon import serve
 from natkit.stun import integrity
 from natkit.stun.attributes import (
     AdditionalAddressFamily,
@@ -54,6 +51,7 @@ from natkit.stun.attributes import (
 from natkit.stun.constants import AddressFamily, ErrorCode, MessageClass, Method
 from natkit.stun.message import Message, decode, encode, new_transaction_id
 from natkit.turn.channeldata import decode_channel_data, encode_channel_data
+from serve_thread import ServeThread
 
 TIMEOUT = 5.0
 #: how long "nothing arrives" is waited for
@@ -151,43 +149,15 @@ class Server:
         }
         settings.update(overrides)
         self.config = load_config(environ={}, overrides=settings)
-        self.loop = asyncio.new_event_loop()
-        self.stats: ServiceStats | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(TIMEOUT):
-            raise RuntimeError("natkit serve did not start")
-        if self._error is not None:
-            raise self._error
+        self._server = ServeThread(self.config, timeout=TIMEOUT)
+        self.loop = self._server.loop
 
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            self.stats = await serve(
-                self.config, stop=self._stop, on_ready=lambda _: self._ready.set()
-            )
-
-        try:
-            self.loop.run_until_complete(main())
-        except BaseException as exc:  # reported to the test thread
-            self._error = exc
-            self._ready.set()
-        finally:
-            self.loop.close()
+    @property
+    def running(self) -> bool:
+        return self._server.running
 
     def stop(self) -> ServiceStats:
-        stop = self._stop
-        if stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(stop.set)
-        self._thread.join(TIMEOUT)
-        if self._error is not None:
-            raise self._error
-        if self.stats is None:
-            raise RuntimeError("natkit serve did not stop")
-        return self.stats
+        return self._server.stop()
 
 
 ServerFactory = Callable[..., Server]
@@ -204,7 +174,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
 
     yield start
     for server in started:
-        if server._thread.is_alive():
+        if server.running:
             server.stop()
 
 
