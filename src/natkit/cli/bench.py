@@ -1,6 +1,8 @@
 """``natkit bench stun|turn``: load generators against any STUN/TURN server."""
 
+import json
 import sys
+from collections.abc import Iterable, Mapping
 
 import click
 
@@ -67,7 +69,6 @@ def bench_stun(
     as_json: bool,
 ) -> None:
     """Load a STUN server with Binding requests over UDP and report."""
-    import json
 
     from natkit.bench.stun import (
         BenchConfig,
@@ -99,11 +100,7 @@ def bench_stun(
     except KeyboardInterrupt:
         sys.exit(130)
 
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        for line in format_report(report):
-            click.echo(line)
+    _print_report(report.to_dict(), format_report(report), as_json=as_json)
     if report.received == 0:
         _die(f"no Binding success responses from {report.target}")
 
@@ -181,7 +178,6 @@ def bench_turn(
     as_json: bool,
 ) -> None:
     """Load a TURN server: allocations, then ChannelData through each relay."""
-    import json
 
     from natkit.bench.stun import run_on_fast_loop
     from natkit.bench.turn import (
@@ -222,10 +218,17 @@ def bench_turn(
     except KeyboardInterrupt:
         sys.exit(130)
 
-    if as_json:
-        click.echo(json.dumps(report.to_dict()))
-    else:
-        for line in format_report(report):
-            click.echo(line)
+    _print_report(report.to_dict(), format_report(report), as_json=as_json)
     if report.received == 0:
         _die(f"nothing came back through the relays of {report.target}")
+
+
+def _print_report(
+    record: Mapping[str, object], lines: Iterable[str], *, as_json: bool
+) -> None:
+    """A bench report: one JSON object, or its human lines."""
+    if as_json:
+        click.echo(json.dumps(record))
+    else:
+        for line in lines:
+            click.echo(line)
