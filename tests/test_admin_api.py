@@ -13,7 +13,6 @@ import asyncio
 import http.client
 import json
 import os
-import random
 import socket
 import ssl
 import threading
@@ -35,6 +34,7 @@ from natkit.server.openapi import openapi_document
 from natkit.server.tokens import INITIAL_TOKEN_FILE, TOKENS_FILE, Role
 from natkit.stun.constants import ErrorCode
 from natkit.stun.server import BindingResponder
+from ports import pick_block
 
 REALM = "natkit.test"
 USER, PASSWORD = "alice", "alice-secret"
@@ -43,26 +43,6 @@ TIMEOUT = 10.0
 
 
 # --- ports and the server ------------------------------------------------------
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_block(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports in 40000-48999."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000 - count)
-        if all(_free(p) for p in range(base, base + count)):
-            return base
-    pytest.skip("no free block of loopback ports in 40000-48999")
 
 
 def make_config(data_dir: Path, **extra: Any) -> ServerConfig:

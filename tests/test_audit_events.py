@@ -10,7 +10,6 @@ that holds no password, key or MESSAGE-INTEGRITY value.
 import asyncio
 import base64
 import json
-import random
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -63,6 +62,7 @@ from natkit.turn.events import (
     TurnEvent,
 )
 from natkit.turn.quota import QuotaKind
+from ports import pick_block
 
 REALM = "audit.test"
 USER, PASSWORD = "alice", "alice-Pa55word-for-audit"
@@ -242,25 +242,6 @@ def test_split_client(text: str, transport: str, source: str, listener: str) -> 
 
 
 # --- natkit serve on loopback -----------------------------------------------------
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000 - count)
-        if all(_free(p) for p in range(base, base + count)):
-            return base
-    pytest.skip("no free block of loopback ports in 40000-48999")
 
 
 def server_config(data_dir: Path, **overrides: Any) -> ServerConfig:

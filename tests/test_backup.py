@@ -10,8 +10,6 @@ the audit chain still verifies. And every changed byte is refused.
 import asyncio
 import base64
 import json
-import random
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -39,6 +37,7 @@ from natkit.server.config import ServerConfig, load_config
 from natkit.server.daemon import serve
 from natkit.server.store import UserStore
 from natkit.turn.credentials import mint
+from ports import pick_block
 
 REALM = "backup.test"
 USER, PASSWORD = "dave", "dave-restored-password"
@@ -62,25 +61,6 @@ def mode(path: Path) -> int:
 
 
 # --- a server on loopback ---------------------------------------------------------
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000 - count)
-        if all(_free(p) for p in range(base, base + count)):
-            return base
-    pytest.skip("no free block of loopback ports in 40000-48999")
 
 
 def server_config(data_dir: Path, keys: Path, **overrides: Any) -> ServerConfig:

@@ -10,7 +10,6 @@ fails. ``fips_required`` refuses to start on an OpenSSL outside FIPS mode.
 
 import asyncio
 import logging
-import random
 import socket
 import ssl
 import time
@@ -47,6 +46,7 @@ from natkit.stun.attributes import (
 from natkit.stun.constants import MessageClass, Method, PasswordAlgorithm
 from natkit.stun.message import Message, decode, encode, new_transaction_id
 from natkit.turn.credentials import RestHmac, mint
+from ports import pick_block
 
 REALM = "fips.test"
 USER, PASSWORD = "frank", "frank-fips-password"
@@ -55,25 +55,6 @@ MD5, SHA256 = PasswordAlgorithm.MD5, PasswordAlgorithm.SHA256
 
 
 # --- a server on loopback ---------------------------------------------------------
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_block(count: int) -> int:
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000 - count)
-        if all(_free(p) for p in range(base, base + count)):
-            return base
-    pytest.skip("no free block of loopback ports in 40000-48999")
 
 
 def server_config(data_dir: Path, **overrides: Any) -> ServerConfig:

@@ -9,7 +9,6 @@ Listener and relay ports come from a random free block in 40000-48999.
 
 import asyncio
 import os
-import random
 import signal
 import socket
 import ssl
@@ -57,6 +56,7 @@ from natkit.turn.channeldata import (
     encode_channel_data,
     next_frame,
 )
+from ports import pick_block
 from serve_thread import ServeThread
 
 TIMEOUT = 5.0
@@ -68,26 +68,6 @@ SRC = str(Path(natkit.__file__).resolve().parent.parent)
 
 
 # --- ports -------------------------------------------------------------------
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
-
-
-def pick_block(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports in 40000-48999."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000 - count)
-        if all(_free(p) for p in range(base, base + count)):
-            return base
-    pytest.skip("no free block of loopback ports in 40000-48999")
 
 
 @pytest.fixture
