@@ -6,13 +6,19 @@ import pytest
 
 from natkit.ice.candidate import Candidate, CandidateType, LocalCandidate
 from natkit.ice.checklist import (
+    CandidatePair,
     CheckList,
     ChecklistState,
     PairState,
     can_pair,
     pair_priority,
 )
-from natkit.ice.nomination import Nominator, best_nominated
+from natkit.ice.nomination import (
+    Nominator,
+    best_nominated,
+    long_shot,
+    public_addresses,
+)
 from natkit.nat.endpoint import Endpoint
 from natkit.stun.errors import UsageError
 
@@ -245,3 +251,62 @@ def test_nominator_waits_for_better_pairs() -> None:
     best.make_valid(best.local)
     fresh = Nominator(delay=5.0)
     assert fresh.choose(checklist, 20.0) is best
+
+
+# --- long shots: host pairs between two private networks ----------------------------
+
+
+def _pair_of(mine: Candidate, theirs: Candidate) -> CandidatePair:
+    return CandidatePair(local(mine), theirs, controlling=True)
+
+
+def _natted(ip: str, public: str) -> list[Candidate]:
+    base = host(ip)
+    srflx = Candidate.server_reflexive(Endpoint(public, 6000), base=base, server=STUN)
+    return [base, srflx]
+
+
+def test_public_addresses_are_srflx_and_non_private_hosts() -> None:
+    assert public_addresses(_natted("10.1.0.2", "203.0.113.1")) == {"203.0.113.1"}
+    assert public_addresses([host("203.0.113.11")]) == {"203.0.113.11"}
+    assert public_addresses([host("2001:db8::5")]) == {"2001:db8::5"}
+    for private in ("10.0.0.1", "172.16.5.5", "192.168.1.2", "100.64.0.9"):
+        assert public_addresses([host(private)]) == frozenset()
+    assert public_addresses([host("fd00::1"), host("127.0.0.1")]) == frozenset()
+
+
+def test_host_pair_across_two_nats_is_a_long_shot() -> None:
+    left = _natted("10.1.0.2", "203.0.113.1")
+    right = _natted("10.2.0.2", "203.0.113.2")
+    mine, theirs = public_addresses(left), public_addresses(right)
+    host_pair = _pair_of(left[0], right[0])
+    assert long_shot(host_pair, mine, theirs)
+    # toward the peer's server-reflexive address: worth waiting for
+    assert not long_shot(_pair_of(left[0], right[1]), mine, theirs)
+    # toward an open peer's public host address: the NAT maps it, it works
+    open_peer = [host("203.0.113.11")]
+    public = public_addresses(open_peer)
+    assert not long_shot(_pair_of(left[0], open_peer[0]), mine, public)
+    # from the open peer toward the NATed peer's private address: no route
+    assert long_shot(_pair_of(open_peer[0], left[0]), public, mine)
+
+
+def test_host_pair_behind_one_nat_is_not_a_long_shot() -> None:
+    left = _natted("10.1.0.2", "203.0.113.1")
+    right = _natted("10.1.0.3", "203.0.113.1")
+    pair = _pair_of(left[0], right[0])
+    assert not long_shot(pair, public_addresses(left), public_addresses(right))
+    # nothing known about the peer's public side: no guess
+    assert not long_shot(pair, public_addresses(left), frozenset())
+
+
+def test_nominator_does_not_wait_for_ignored_pairs() -> None:
+    checklist, _ = build()
+    pairs = checklist.pairs()
+    low = pairs[-1]
+    low.state = PairState.SUCCEEDED
+    low.make_valid(low.local)
+    waiting = Nominator(delay=1.0)
+    assert waiting.choose(checklist, 10.0) is None
+    hasty = Nominator(delay=1.0)
+    assert hasty.choose(checklist, 10.0, ignore=lambda p: p is not low) is low

@@ -124,7 +124,7 @@ from natkit.ice.events import (
     SelectedPair,
     Transmit,
 )
-from natkit.ice.nomination import best_nominated
+from natkit.ice.nomination import best_nominated, long_shot, public_addresses
 from natkit.nat.endpoint import Endpoint
 from natkit.stun.constants import MessageClass
 from natkit.stun.errors import DecodeError, UsageError
@@ -392,7 +392,14 @@ class IceAgent(ConnectivityChecks):
         if not self._checking():
             return
         gathered = self._local_done and self._remote_done
-        pair = self._nominator.choose(self.checklist, now, gathered=gathered)
+        mine = public_addresses(local.candidate for local in self._locals)
+        theirs = public_addresses(self._remotes)
+        pair = self._nominator.choose(
+            self.checklist,
+            now,
+            gathered=gathered,
+            ignore=lambda pending: long_shot(pending, mine, theirs),
+        )
         if pair is not None:
             logger.debug("%s: nominating %r", self.name, pair)
             pair.nominate_next = True

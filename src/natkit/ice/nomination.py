@@ -11,9 +11,20 @@ arrived on once its own check on that pair has succeeded (RFC 8445
 no unfinished pair could beat the best valid pair, otherwise when
 ``delay`` seconds (0.2) have passed since the first valid pair appeared (a
 short wait for a better pair, as RFC 8445 §8.1.1 allows). A relayed pair
-waits longer (``relay_delay``, 2 s) unless both sides have finished
+waits longer (``relay_delay``, 1 s) unless both sides have finished
 gathering and nothing better is pending: relaying costs the TURN server,
 and a direct pair may be one late candidate away.
+
+Not every better pair still being checked is worth waiting for. When both
+agents have learned a public address (a server-reflexive candidate, or a
+host candidate outside private and loopback ranges) and no public address
+is common to both, the two agents sit behind different NATs; a host-to-host
+pair toward a remote private address (RFC 1918, CGNAT, link-local, ULA) then
+aims into a network the local agent is not on and is a *long shot*
+(:func:`long_shot`). The wait ignores long shots, so two NATed peers
+nominate their working server-reflexive pair at once instead of waiting
+for checks between their LANs to time out. Peers behind one NAT share its
+public address, so their host pairs are waited for and still win.
 
 :class:`StateMachine` holds the :class:`IceState` and reports each change
 as ``old -> new`` (DEBUG log and a :class:`StateChanged` event).
@@ -21,14 +32,23 @@ as ``old -> new`` (DEBUG log and a :class:`StateChanged` event).
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+from natkit.ice.candidate import Candidate, CandidateType
 from natkit.ice.checklist import CandidatePair, CheckList
 from natkit.ice.events import IceEvent, IceState, StateChanged
 from natkit.stun.errors import UsageError
 
-__all__ = ["IceState", "Nominator", "StateMachine", "best_nominated"]
+__all__ = [
+    "IceState",
+    "Nominator",
+    "StateMachine",
+    "best_nominated",
+    "long_shot",
+    "public_addresses",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +56,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_NOMINATION_DELAY = 0.2
 #: the same wait when the best valid pair is relayed: a direct pair may need
 #: a late server-reflexive candidate (a lost STUN request) to turn up
-DEFAULT_RELAY_NOMINATION_DELAY = 2.0
+DEFAULT_RELAY_NOMINATION_DELAY = 1.0
 
 
 class StateMachine:
@@ -98,7 +118,12 @@ class Nominator:
         return self.relay_delay if best.is_relayed else self.delay
 
     def choose(
-        self, checklist: CheckList, now: float, *, gathered: bool = True
+        self,
+        checklist: CheckList,
+        now: float,
+        *,
+        gathered: bool = True,
+        ignore: Callable[[CandidatePair], bool] | None = None,
     ) -> CandidatePair | None:
         """The valid pair to nominate now, or None to keep waiting.
 
@@ -106,7 +131,8 @@ class Nominator:
         checked has a higher priority (for a relayed pair, only once both
         sides have also signalled end-of-candidates: ``gathered``);
         otherwise once ``delay`` (``relay_delay`` for a relayed pair) has
-        passed since the first valid pair appeared.
+        passed since the first valid pair appeared. Pending pairs for which
+        ``ignore`` is true (long shots) do not count as better.
         """
         if self.in_flight is not None:
             return None
@@ -118,7 +144,7 @@ class Nominator:
         pending_better = any(
             p.priority > best.valid_priority
             for p in checklist.unresolved()
-            if p is not best
+            if p is not best and (ignore is None or not ignore(p))
         )
         unbeatable = not pending_better and (gathered or not best.is_relayed)
         first = self.first_valid_at if self.first_valid_at is not None else now
@@ -131,6 +157,63 @@ class Nominator:
         """The USE-CANDIDATE check on ``pair`` failed: choose again later."""
         if self.in_flight is pair:
             self.in_flight = None
+
+
+#: networks that sit behind NATs: RFC 1918, shared CGNAT space (RFC 6598),
+#: link-local and unique local IPv6 (RFC 4193)
+_PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(text)
+    for text in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
+
+
+def _is_private(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return any(address in network for network in _PRIVATE_NETWORKS)
+
+
+def _is_public(ip: str) -> bool:
+    return not _is_private(ip) and not ipaddress.ip_address(ip).is_loopback
+
+
+def public_addresses(candidates: Iterable[Candidate]) -> frozenset[str]:
+    """The public IPs one agent's candidates show: server-reflexive
+    addresses and host addresses outside private and loopback ranges."""
+    found: set[str] = set()
+    for candidate in candidates:
+        ip = candidate.address.ip
+        if candidate.type is CandidateType.SERVER_REFLEXIVE or (
+            candidate.type is CandidateType.HOST and _is_public(ip)
+        ):
+            found.add(ip)
+    return frozenset(found)
+
+
+def long_shot(
+    pair: CandidatePair, local_public: frozenset[str], remote_public: frozenset[str]
+) -> bool:
+    """A host-to-host pair between two different private networks.
+
+    True when both agents showed public addresses, none in common (they are
+    behind different NATs), and the pair joins two host candidates, the
+    remote one with a private address: it is not reachable from outside its
+    network. (A private local address toward a public one works: the NAT
+    maps it.)
+    """
+    if not local_public or not remote_public or local_public & remote_public:
+        return False
+    local, remote = pair.local.candidate, pair.remote
+    if local.type is not CandidateType.HOST or remote.type is not CandidateType.HOST:
+        return False
+    return _is_private(remote.address.ip)
 
 
 def best_nominated(checklist: CheckList) -> CandidatePair | None:
