@@ -24,6 +24,9 @@ import random
 import socket
 import subprocess
 import sys
+import threading
+import time
+from asyncio.trsock import TransportSocket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ from interop.peers import (
     require_binary,
     running_server,
 )
+from natkit.net import turn_client
 from natkit.net.stun_client import ConnectionFailedError, StunTimeoutError
 from natkit.net.turn_client import (
     AuthenticationError,
@@ -47,6 +51,7 @@ from natkit.net.turn_client import (
     probe,
     start_echo_peer,
 )
+from natkit.security.certs import ensure_self_signed, server_context
 from natkit.stun.constants import PasswordAlgorithm
 from natkit.stun.transaction import Transport
 from natkit.turn.client import Address, ClientState
@@ -343,6 +348,69 @@ async def test_tls_verifies_the_certificate_by_default(
     insecure = _client(natkit_turn, Transport.TLS, insecure=True)
     async with insecure:
         assert (await insecure.allocate()).lifetime > 0
+
+
+@pytest.mark.interop
+async def test_close_over_tls_closes_the_socket(
+    natkit_turn: TurnServerUnderTest,
+) -> None:
+    """close() returns once the TLS connection is closed, not while the
+    close_notify exchange is still under way (the socket would outlive it)."""
+    assert natkit_turn.cafile is not None
+    client = _client(natkit_turn, Transport.TLS, cafile=str(natkit_turn.cafile))
+    await client.allocate()
+    sock = client.extra_info("socket")
+    assert isinstance(sock, socket.socket | TransportSocket)
+    assert sock.fileno() >= 0
+    await client.close()
+    assert sock.fileno() == -1
+
+
+def _silent_tls_server(
+    tmp_path: Path, stop: threading.Event
+) -> tuple[socket.socket, threading.Thread]:
+    """A TLS server that completes the handshake and then reads nothing."""
+    files = ensure_self_signed(tmp_path)
+    context = server_context(files)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True):
+            stop.wait(10)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+async def test_close_aborts_a_tls_connection_the_server_does_not_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(turn_client, "STREAM_CLOSE_TIMEOUT", 0.2)
+    stop = threading.Event()
+    listener, thread = _silent_tls_server(tmp_path, stop)
+    try:
+        port = listener.getsockname()[1]
+        client = TurnClient(
+            "127.0.0.1",
+            port,
+            username=USER,
+            password=PASSWORD,
+            transport=Transport.TLS,
+            insecure=True,
+        )
+        await client.connect()
+        sock = client.extra_info("socket")
+        assert isinstance(sock, socket.socket | TransportSocket)
+        started = time.monotonic()
+        await client.close()
+        assert time.monotonic() - started < 2.0
+        assert sock.fileno() == -1
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
 
 
 @pytest.mark.interop

@@ -66,6 +66,9 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 10.0
 #: how long close() waits for the answer to Refresh(0)
 CLOSE_TIMEOUT = 5.0
+#: how long close() waits for a TCP/TLS connection to finish closing (the
+#: TLS close_notify exchange) before it aborts the connection
+STREAM_CLOSE_TIMEOUT = 2.0
 #: data received and not yet taken with recv() beyond this is dropped
 DEFAULT_QUEUE = 4096
 #: the largest stream buffer accepted before the framing is declared broken
@@ -177,10 +180,34 @@ class _StreamLink(_Link, asyncio.Protocol):
         self._buffer = bytearray()
         self._stream: asyncio.Transport | None = None
         self.closing = False
+        #: set once the connection is gone (its socket closed)
+        self.lost = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self._stream = cast(asyncio.Transport, transport)
+
+    async def closed(self, timeout: float) -> None:
+        """Close and wait until the socket is closed; abort after ``timeout``.
+
+        Over TLS, close() sends close_notify and keeps the socket open until
+        the server answers; a caller that returns (or ends its event loop)
+        before then would leave the socket open.
+        """
+        self.closing = True
+        stream = self._stream
+        if stream is None:
+            return
+        if not stream.is_closing():
+            # not twice: a second close() of a TLS transport forgets its
+            # connection, and abort() then does nothing
+            stream.close()
+        try:
+            await asyncio.wait_for(self.lost.wait(), timeout)
+        except TimeoutError:
+            stream.abort()
+            # abort() closes the socket on the loop's next iteration
+            await asyncio.sleep(0)
 
     def write(self, data: bytes) -> None:
         if self._stream is not None and not self._stream.is_closing():
@@ -209,6 +236,7 @@ class _StreamLink(_Link, asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
         if not self.closing:
             self._on_error(exc or ConnectionResetError("server closed the connection"))
 
@@ -449,7 +477,10 @@ class TurnClient:
             if closed is not None and self._failure is None:
                 with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(closed), CLOSE_TIMEOUT)
+        link = self._link
         self._shutdown()
+        if isinstance(link, _StreamLink):
+            await link.closed(STREAM_CLOSE_TIMEOUT)
 
     def _shutdown(self) -> None:
         if self._timer is not None:
