@@ -8,6 +8,7 @@ polls them until they answer a STUN Binding request and always stops them
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -22,7 +23,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 
@@ -62,6 +63,34 @@ class Endpoint:
         return (
             f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
         )
+
+
+#: how long aioice may take to delete its TURN allocations after close()
+AIOICE_CLOSE_TIMEOUT = 5.0
+
+
+def _runs_aioice(task: asyncio.Task[Any]) -> bool:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code is not None and f"{os.sep}aioice{os.sep}" in code.co_filename
+
+
+async def close_aioice(*connections: Any) -> None:
+    """Close aioice Connections and wait for the tasks they leave running.
+
+    aioice's TURN transport deletes its allocation (Refresh 0) in a task
+    that ``close()`` does not wait for, and closes its TCP or TLS socket only
+    after that. If the event loop ends first, the task is cancelled and the
+    socket stays open until garbage collection, which pytest then reports
+    as an unraisable ResourceWarning in whichever test happens to be running.
+    """
+    for connection in connections:
+        await connection.close()
+    pending = [task for task in asyncio.all_tasks() if _runs_aioice(task)]
+    if pending:
+        await asyncio.wait(pending, timeout=AIOICE_CLOSE_TIMEOUT)
+    # closed transports call connection_lost (and close the socket) one
+    # loop iteration later
+    await asyncio.sleep(0.01)
 
 
 def require_binary(name: str, package: str) -> str:

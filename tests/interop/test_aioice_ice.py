@@ -26,7 +26,7 @@ import pytest
 from natkit.ice import CandidateType, ConsentLost, IceConfig, IceState
 from natkit.net.ice_driver import Agent, ConsentLostError, TurnServerConfig
 
-from .peers import TURN_PASSWORD, TURN_USER, ServerProcess
+from .peers import TURN_PASSWORD, TURN_USER, ServerProcess, close_aioice
 
 aioice = pytest.importorskip("aioice", reason="aioice (interop peer) not installed")
 from aioice import ice as aioice_ice  # noqa: E402
@@ -111,7 +111,7 @@ async def test_host_to_host_either_role(natkit_controls: bool) -> None:
         await _data_both_ways(ours, theirs)
     finally:
         await ours.close()
-        await theirs.close()
+        await close_aioice(theirs)
 
 
 async def test_relay_to_relay_through_natkit_serve(
@@ -152,7 +152,7 @@ async def test_relay_to_relay_through_natkit_serve(
         await _data_both_ways(ours, theirs)
     finally:
         await ours.close()
-        await theirs.close()
+        await close_aioice(theirs)
 
 
 async def test_vanished_aioice_peer_loses_consent() -> None:
@@ -169,7 +169,7 @@ async def test_vanished_aioice_peer_loses_consent() -> None:
         await asyncio.sleep(1.0)
         assert ours.state is IceState.COMPLETED
 
-        await theirs.close()
+        await close_aioice(theirs)
         vanished = time.monotonic()
         async with asyncio.timeout(ICE_TIMEOUT):
             while True:
@@ -185,4 +185,4 @@ async def test_vanished_aioice_peer_loses_consent() -> None:
             ours.send(b"anyone there?")
     finally:
         await ours.close()
-        await theirs.close()
+        await close_aioice(theirs)

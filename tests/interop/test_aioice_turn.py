@@ -25,7 +25,7 @@ import pytest
 
 from natkit.security.certs import CERT_FILE
 
-from .peers import TURN_PASSWORD, TURN_USER, ServerProcess
+from .peers import TURN_PASSWORD, TURN_USER, ServerProcess, close_aioice
 
 aioice = pytest.importorskip("aioice", reason="aioice (interop peer) not installed")
 from aioice.ice import TransportPolicy  # noqa: E402
@@ -108,8 +108,7 @@ async def _relay_to_relay(server: ServerProcess, transport: str) -> None:
                 await right.send(pong)
                 assert await left.recv() == pong, explain
     finally:
-        await left.close()
-        await right.close()
+        await close_aioice(left, right)
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
