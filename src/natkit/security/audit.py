@@ -230,21 +230,42 @@ class CollectingAuditSink:
         return [e.fields for e in self.events if e.type == event_type]
 
 
+#: event types and field names that passed :func:`check_event` (they come
+#: from code, so the set stays small; it is capped all the same)
+_CHECKED_TYPES: set[str] = set()
+_CHECKED_NAMES: set[str] = set()
+_CHECKED_LIMIT = 4096
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
+
 def check_event(event_type: str, fields: Mapping[str, object]) -> None:
     """Raise UsageError for a malformed type, field name or value."""
-    if not _TYPE_RE.match(event_type):
-        raise UsageError(f"audit event type {event_type!r}: expected area.action")
+    if event_type not in _CHECKED_TYPES:
+        if not _TYPE_RE.match(event_type):
+            raise UsageError(f"audit event type {event_type!r}: expected area.action")
+        _remember(_CHECKED_TYPES, event_type)
     for name, value in fields.items():
-        if not _FIELD_RE.match(name) or name in _RESERVED:
-            raise UsageError(f"audit field {name!r}: not a usable field name")
-        if name not in _ALLOWED_NAMES and (
-            name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
-        ):
-            raise UsageError(f"audit field {name!r}: secrets are never audited")
-        if not _plain_value(value):
+        if name not in _CHECKED_NAMES:
+            _check_name(name)
+            _remember(_CHECKED_NAMES, name)
+        if type(value) not in _PLAIN_TYPES and not _plain_value(value):
             raise UsageError(
                 f"audit field {name!r}: {type(value).__name__} is not a plain value"
             )
+
+
+def _check_name(name: str) -> None:
+    if not _FIELD_RE.match(name) or name in _RESERVED:
+        raise UsageError(f"audit field {name!r}: not a usable field name")
+    if name not in _ALLOWED_NAMES and (
+        name in _SECRET_NAMES or name.endswith(_SECRET_SUFFIXES)
+    ):
+        raise UsageError(f"audit field {name!r}: secrets are never audited")
+
+
+def _remember(checked: set[str], text: str) -> None:
+    if len(checked) < _CHECKED_LIMIT:
+        checked.add(text)
 
 
 def _plain_value(value: object) -> bool:
