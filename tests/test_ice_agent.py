@@ -779,6 +779,44 @@ def test_response_makes_pair_valid() -> None:
     assert agent.send(b"early") == [Transmit(str(A_HOST), B_HOST, b"early")]
 
 
+def _sent_requests(agent: IceAgent, now: float) -> list[Message]:
+    agent.handle_timeout(now)
+    messages = [decode(t.data) for t in agent.datagrams_to_send()]
+    return [m for m in messages if m.cls is MessageClass.REQUEST]
+
+
+def test_check_on_in_progress_pair_cancels_and_triggers_rfc8445_7_3_1_4() -> None:
+    agent, peer, first = _first_check()
+    (pair,) = agent.checklist.pairs()
+    creds = agent.local_credentials
+    request = _request(f"{creds.ufrag}:{peer.ufrag}", short_term_key(creds.pwd))
+    agent.handle_datagram(str(A_HOST), B_HOST, request, 0.05)
+    (reply,) = agent.datagrams_to_send()
+    assert decode(reply.data).cls is MessageClass.SUCCESS
+    assert pair.state is PairState.WAITING  # in the triggered-check queue
+
+    # the triggered check goes out at the next Ta; the first is not resent
+    sent: list[Message] = []
+    for step in range(1, 101):
+        sent += _sent_requests(agent, step * 0.02)
+    ids = [m.transaction_id for m in sent]
+    assert first.transaction_id not in ids
+    assert len(set(ids)) == 1
+    # after 2 s the first check has timed out, silently: the pair is not failed
+    assert agent.checklist.pairs()[0].state is PairState.IN_PROGRESS
+
+    # a late answer to a cancelled check still counts (a new agent: the
+    # first check's transaction is now gone)
+    again, peer, first = _first_check()
+    (pair,) = again.checklist.pairs()
+    creds = again.local_credentials
+    request = _request(f"{creds.ufrag}:{peer.ufrag}", short_term_key(creds.pwd))
+    again.handle_datagram(str(A_HOST), B_HOST, request, 0.05)
+    again.datagrams_to_send()
+    again.handle_datagram(str(A_HOST), B_HOST, _success(first, A_HOST, peer.pwd), 0.1)
+    assert pair.state is PairState.SUCCEEDED and pair.is_valid
+
+
 @given(st.binary(max_size=120))
 def test_any_datagram_is_safe(data: bytes) -> None:
     agent = IceAgent(False)

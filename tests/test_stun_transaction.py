@@ -199,6 +199,27 @@ def test_cancel() -> None:
     assert tx.next_deadline() is None
 
 
+def test_stop_retransmitting_sends_nothing_more_and_waits_rm_rto() -> None:
+    """The RFC 8445 §7.3.1.4 cancellation: silent, a late response counts."""
+    policy = RetransmitPolicy(rto=0.2, rc=7, rm=8)
+    request, tx = _new(policy=policy)
+    assert len(tx.handle_timeout(0.0)) == 1
+    tx.stop_retransmitting(0.1)
+    assert tx.next_deadline() == pytest.approx(0.1 + 8 * 0.2)
+    assert tx.handle_timeout(0.2) == []
+    assert tx.handle_response(_response(request), 0.5)
+    assert tx.state is TransactionState.SUCCEEDED
+
+    _, quiet = _new(policy=policy)
+    quiet.handle_timeout(0.0)
+    quiet.stop_retransmitting(0.1)
+    sends, end = _run_schedule(quiet)
+    assert sends == []
+    assert end == pytest.approx(1.7)
+    assert quiet.state is TransactionState.TIMED_OUT
+    assert quiet.transmissions == 1
+
+
 def test_table_demultiplexes_and_ignores_unknown_ids() -> None:
     table = TransactionTable()
     requests = []

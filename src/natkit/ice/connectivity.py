@@ -137,6 +137,8 @@ class ConnectivityChecks:
         self._remotes: list[Candidate] = []
         self._table = TransactionTable()
         self._checks: dict[bytes, Check] = {}
+        #: checks cancelled by RFC 8445 §7.3.1.4: their silence is no failure
+        self._cancelled: set[bytes] = set()
         self._outbox: list[Transmit] = []
         self._now = 0.0
         self._last_check_at: float | None = None
@@ -232,10 +234,26 @@ class ConnectivityChecks:
         # step 5: USE-CANDIDATE (§7.3.1.5), then the triggered check (§7.3.1.4)
         if request.use_candidate and not self.controlling:
             self._remote_nominates(pair, now)
-        if pair.state in (PairState.SUCCEEDED, PairState.IN_PROGRESS):
+        if pair.state is PairState.SUCCEEDED:
             return
         if self.checklist.state is ChecklistState.RUNNING:
+            if pair.state is PairState.IN_PROGRESS:
+                self._cancel_in_progress(pair, now)
             self.checklist.trigger(pair)
+
+    def _cancel_in_progress(self, pair: CandidatePair, now: float) -> None:
+        """RFC 8445 §7.3.1.4: a check arrived on an In-Progress pair. Its own
+        check stops retransmitting (its first request may have been dropped
+        by a NAT that the peer's check has just opened) and a triggered check
+        goes out instead; a late response to the old one still counts."""
+        for tx in self._table:
+            check = self._checks.get(tx.key)
+            if check is not None and check.pair is pair and not tx.done:
+                tx.stop_retransmitting(now)
+                self._cancelled.add(tx.key)
+                if check.use_candidate:
+                    # the nomination goes on in the triggered check
+                    pair.nominate_next = True
 
     def _reply(self, socket: SocketId, destination: Endpoint, data: bytes) -> None:
         self._outbox.append(Transmit(socket, destination, data))
@@ -366,7 +384,11 @@ class ConnectivityChecks:
                 self._transmit(tx, check, now)
         for tx in self._table.pop_done():
             check = self._checks.pop(tx.key, None)
+            cancelled = tx.key in self._cancelled
+            self._cancelled.discard(tx.key)
             if check is None or tx.state is not TransactionState.TIMED_OUT:
+                continue
+            if cancelled:
                 continue
             if check.pair is not None and check.generation == self._generation:
                 logger.debug("%s: check timed out on %r", self.name, check.pair)
@@ -379,6 +401,7 @@ class ConnectivityChecks:
             if check is not None and (consent or check.session is None):
                 tx.cancel(now, reason)
                 self._checks.pop(tx.key, None)
+                self._cancelled.discard(tx.key)
         self._table.pop_done()
 
     # --- client side: responses (RFC 8445 §7.2.5) ------------------------------------
@@ -408,6 +431,7 @@ class ConnectivityChecks:
         if not tx.handle_response(msg, now):
             return
         del self._checks[key]
+        self._cancelled.discard(key)
         if check.session is not None:
             # RFC 7675 §5.1: a success response from the pair's remote renews
             symmetric = source == check.destination and socket == check.socket

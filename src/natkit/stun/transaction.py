@@ -171,6 +171,7 @@ class ClientTransaction:
         self.failure_reason: str | None = None
         self._deadline: float | None = now
         self._interval = self.policy.rto
+        self._silent = False
 
     def __repr__(self) -> str:
         return (
@@ -233,7 +234,7 @@ class ClientTransaction:
 
         # every transmission allowed has been made: time out
         limit = 1 if self.transport.is_stream else self.policy.rc
-        if self.transmissions >= limit:
+        if self.transmissions >= limit or self._silent:
             self._finish(TransactionState.TIMED_OUT, now)
             self.failure_reason = f"no response after {self.transmissions} sent"
             return []
@@ -293,6 +294,21 @@ class ClientTransaction:
             )
             self._finish(TransactionState.FAILED, now)
         return True
+
+    def stop_retransmitting(self, now: float) -> None:
+        """Send nothing more, but take a response for Rm×RTO (UDP) or Ti.
+
+        The cancellation of RFC 8445 §7.3.1.4: a late response still counts;
+        none by then ends the transaction as timed out.
+        """
+        if self.done or self._silent:
+            return
+        self._silent = True
+        if self.transport.is_stream:
+            wait = self.policy.ti
+        else:
+            wait = self.policy.rm * self.policy.rto
+        self._deadline = now + wait
 
     def cancel(self, now: float, reason: str) -> None:
         """End a waiting transaction from outside (e.g. the socket failed)."""
