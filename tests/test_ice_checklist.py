@@ -14,9 +14,9 @@ from natkit.ice.checklist import (
     pair_priority,
 )
 from natkit.ice.nomination import (
+    LongShots,
     Nominator,
     best_nominated,
-    long_shot,
     public_addresses,
 )
 from natkit.nat.endpoint import Endpoint
@@ -278,26 +278,41 @@ def test_public_addresses_are_srflx_and_non_private_hosts() -> None:
 def test_host_pair_across_two_nats_is_a_long_shot() -> None:
     left = _natted("10.1.0.2", "203.0.113.1")
     right = _natted("10.2.0.2", "203.0.113.2")
-    mine, theirs = public_addresses(left), public_addresses(right)
-    host_pair = _pair_of(left[0], right[0])
-    assert long_shot(host_pair, mine, theirs)
+    long_shots = LongShots(left, right)
+    assert long_shots(_pair_of(left[0], right[0]))
     # toward the peer's server-reflexive address: worth waiting for
-    assert not long_shot(_pair_of(left[0], right[1]), mine, theirs)
+    assert not long_shots(_pair_of(left[0], right[1]))
     # toward an open peer's public host address: the NAT maps it, it works
     open_peer = [host("203.0.113.11")]
-    public = public_addresses(open_peer)
-    assert not long_shot(_pair_of(left[0], open_peer[0]), mine, public)
+    assert not LongShots(left, open_peer)(_pair_of(left[0], open_peer[0]))
     # from the open peer toward the NATed peer's private address: no route
-    assert long_shot(_pair_of(open_peer[0], left[0]), public, mine)
+    assert LongShots(open_peer, left)(_pair_of(open_peer[0], left[0]))
 
 
 def test_host_pair_behind_one_nat_is_not_a_long_shot() -> None:
     left = _natted("10.1.0.2", "203.0.113.1")
     right = _natted("10.1.0.3", "203.0.113.1")
     pair = _pair_of(left[0], right[0])
-    assert not long_shot(pair, public_addresses(left), public_addresses(right))
+    assert not LongShots(left, right)(pair)
     # nothing known about the peer's public side: no guess
-    assert not long_shot(pair, public_addresses(left), frozenset())
+    assert not LongShots(left, right[:1])(pair)
+
+
+def test_srflx_of_a_symmetric_nat_is_a_long_shot() -> None:
+    left = _natted("10.1.0.2", "203.0.113.1")
+    right = _natted("10.2.0.2", "203.0.113.2")
+    toward_srflx = _pair_of(left[0], right[1])
+    assert not LongShots(left, right)(toward_srflx)
+    # the peer's checks came from another port of its NAT's address
+    moved = Candidate(
+        CandidateType.PEER_REFLEXIVE, Endpoint("203.0.113.2", 6123), 1862270975, "p"
+    )
+    assert LongShots(left, [*right, moved])(toward_srflx)
+    # from the port the srflx names (endpoint-independent mapping): no
+    same = Candidate(
+        CandidateType.PEER_REFLEXIVE, Endpoint("203.0.113.2", 6000), 1862270975, "p"
+    )
+    assert not LongShots(left, [*right, same])(toward_srflx)
 
 
 def test_nominator_does_not_wait_for_ignored_pairs() -> None:
@@ -310,3 +325,37 @@ def test_nominator_does_not_wait_for_ignored_pairs() -> None:
     assert waiting.choose(checklist, 10.0) is None
     hasty = Nominator(delay=1.0)
     assert hasty.choose(checklist, 10.0, ignore=lambda p: p is not low) is low
+
+
+def _relayed_checklist() -> tuple[CheckList, CandidatePair]:
+    """A valid relayed pair and a better direct pair still being checked."""
+    checklist = CheckList(controlling=True)
+    relay = Candidate.relayed(Endpoint("198.51.100.30", 49152), server=TURN)
+    checklist.add_all(
+        [local(host("10.1.0.2")), local(relay, "relay")],
+        [remote(CandidateType.SERVER_REFLEXIVE, "203.0.113.2", 7000, "rs")],
+    )
+    relayed = next(p for p in checklist if p.is_relayed)
+    relayed.state = PairState.SUCCEEDED
+    relayed.make_valid(relayed.local)
+    return checklist, relayed
+
+
+def test_relayed_pair_waits_longer_before_end_of_candidates() -> None:
+    checklist, relayed = _relayed_checklist()
+    nominator = Nominator(delay=0.2, relay_delay=1.0)
+    assert nominator.choose(checklist, 10.0, gathered=False) is None
+    assert nominator.deadline(checklist, gathered=False) == 10.0 + 3.0
+    assert nominator.choose(checklist, 12.9, gathered=False) is None
+    assert nominator.choose(checklist, 13.0, gathered=False) is relayed
+
+
+def test_relayed_pair_waits_after_the_latest_candidate() -> None:
+    checklist, relayed = _relayed_checklist()
+    nominator = Nominator(delay=0.2, relay_delay=1.0)
+    assert nominator.choose(checklist, 10.0) is None
+    assert nominator.deadline(checklist) == 11.0
+    nominator.saw_candidate(10.8)  # a late candidate: its checks get 0.5 s
+    assert nominator.deadline(checklist) == pytest.approx(11.3)
+    assert nominator.choose(checklist, 11.0) is None
+    assert nominator.choose(checklist, 11.3) is relayed

@@ -124,7 +124,7 @@ from natkit.ice.events import (
     SelectedPair,
     Transmit,
 )
-from natkit.ice.nomination import best_nominated, long_shot, public_addresses
+from natkit.ice.nomination import LongShots, best_nominated
 from natkit.nat.endpoint import Endpoint
 from natkit.stun.constants import MessageClass
 from natkit.stun.errors import DecodeError, UsageError
@@ -208,7 +208,11 @@ class IceAgent(ConnectivityChecks):
             return None
         times = [self._table.next_deadline(), self._pacing_deadline()]
         if self.controlling and not self._settled() and self._checking():
-            times.append(self._nominator.deadline(self.checklist))
+            times.append(
+                self._nominator.deadline(
+                    self.checklist, gathered=self._local_done and self._remote_done
+                )
+            )
         if self._session is not None:
             times.append(self._session.next_deadline())
         return min((t for t in times if t is not None), default=None)
@@ -239,6 +243,7 @@ class IceAgent(ConnectivityChecks):
             logger.debug("%s: %s is redundant (RFC 8445 §5.1.3)", self.name, local)
             return False
         self._locals.append(local)
+        self._nominator.saw_candidate(self._now)
         if local.is_base:
             self._bases[local.socket] = local
             self._pair([local], self._remotes)
@@ -295,6 +300,7 @@ class IceAgent(ConnectivityChecks):
                     pair.set_role(self.controlling)
             return True
         self._remotes.append(candidate)
+        self._nominator.saw_candidate(self._now)
         self._pair(list(self._bases.values()), [candidate])
         return True
 
@@ -392,13 +398,9 @@ class IceAgent(ConnectivityChecks):
         if not self._checking():
             return
         gathered = self._local_done and self._remote_done
-        mine = public_addresses(local.candidate for local in self._locals)
-        theirs = public_addresses(self._remotes)
+        long_shots = LongShots((c.candidate for c in self._locals), self._remotes)
         pair = self._nominator.choose(
-            self.checklist,
-            now,
-            gathered=gathered,
-            ignore=lambda pending: long_shot(pending, mine, theirs),
+            self.checklist, now, gathered=gathered, ignore=long_shots
         )
         if pair is not None:
             logger.debug("%s: nominating %r", self.name, pair)

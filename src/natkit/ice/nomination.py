@@ -11,20 +11,23 @@ arrived on once its own check on that pair has succeeded (RFC 8445
 no unfinished pair could beat the best valid pair, otherwise when
 ``delay`` seconds (0.2) have passed since the first valid pair appeared (a
 short wait for a better pair, as RFC 8445 §8.1.1 allows). A relayed pair
-waits longer (``relay_delay``, 1 s) unless both sides have finished
-gathering and nothing better is pending: relaying costs the TURN server,
-and a direct pair may be one late candidate away.
+waits longer: ``relay_delay`` (1 s) and at least 0.5 s after the latest new
+candidate once both sides have signalled end-of-candidates, 3 s before that;
+at once if both have and nothing better is pending. Relaying costs the TURN
+server, and a direct pair may be one late candidate away.
 
-Not every better pair still being checked is worth waiting for. When both
-agents have learned a public address (a server-reflexive candidate, or a
-host candidate outside private and loopback ranges) and no public address
-is common to both, the two agents sit behind different NATs; a host-to-host
-pair toward a remote private address (RFC 1918, CGNAT, link-local, ULA) then
-aims into a network the local agent is not on and is a *long shot*
-(:func:`long_shot`). The wait ignores long shots, so two NATed peers
-nominate their working server-reflexive pair at once instead of waiting
-for checks between their LANs to time out. Peers behind one NAT share its
-public address, so their host pairs are waited for and still win.
+Not every better pair still being checked is worth waiting for
+(:class:`LongShots`). When both agents have learned a public address (a
+server-reflexive candidate, or a host candidate outside private and loopback
+ranges) and no public address is common to both, the two agents sit behind
+different NATs; a host-to-host pair toward a remote private address (RFC
+1918, CGNAT, link-local, ULA) then aims into a network the local agent is
+not on. And when the peer's checks arrive from another port of the IP of
+its server-reflexive candidate, its NAT maps per destination (symmetric)
+and that candidate's port only ever worked for the STUN server. The wait
+ignores such long shots, so two NATed peers nominate their working pair at
+once instead of waiting for checks that time out. Peers behind one NAT
+share its public address, so their host pairs are waited for and still win.
 
 :class:`StateMachine` holds the :class:`IceState` and reports each change
 as ``old -> new`` (DEBUG log and a :class:`StateChanged` event).
@@ -34,7 +37,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from natkit.ice.candidate import Candidate, CandidateType
 from natkit.ice.checklist import CandidatePair, CheckList
@@ -45,8 +48,8 @@ __all__ = [
     "IceState",
     "Nominator",
     "StateMachine",
+    "LongShots",
     "best_nominated",
-    "long_shot",
     "public_addresses",
 ]
 
@@ -57,6 +60,12 @@ DEFAULT_NOMINATION_DELAY = 0.2
 #: the same wait when the best valid pair is relayed: a direct pair may need
 #: a late server-reflexive candidate (a lost STUN request) to turn up
 DEFAULT_RELAY_NOMINATION_DELAY = 1.0
+#: and a relayed pair waits at least this long after the latest new
+#: candidate, ours or the peer's: its checks need a few round trips
+RELAY_SETTLE = 0.5
+#: until both sides have finished gathering (a STUN request may have been
+#: lost and be retransmitted), a relayed pair waits this long instead
+RELAY_GATHERING_WAIT = 3.0
 
 
 class StateMachine:
@@ -93,6 +102,8 @@ class Nominator:
         self.delay = delay
         self.relay_delay = max(delay, relay_delay)
         self.first_valid_at: float | None = None
+        #: when the latest new candidate (local or remote) turned up
+        self.last_candidate_at: float | None = None
         #: the pair whose USE-CANDIDATE check is under way
         self.in_flight: CandidatePair | None = None
 
@@ -100,22 +111,36 @@ class Nominator:
         self.first_valid_at = None
         self.in_flight = None
 
+    def saw_candidate(self, now: float) -> None:
+        """A new local or remote candidate: a relayed pair waits for its checks."""
+        self.last_candidate_at = now
+
     def saw_valid(self, now: float) -> None:
         """A valid pair exists: the wait for a better one starts (once)."""
         if self.first_valid_at is None:
             self.first_valid_at = now
 
-    def deadline(self, checklist: CheckList) -> float | None:
+    def deadline(self, checklist: CheckList, *, gathered: bool = True) -> float | None:
         """When :meth:`choose` should be asked again (None: no need)."""
         if self.in_flight is not None or self.first_valid_at is None:
             return None
         valid = checklist.valid_pairs()
         if not valid:
             return None
-        return self.first_valid_at + self._wait(valid[0])
+        return self._ready_at(valid[0], self.first_valid_at, gathered)
 
-    def _wait(self, best: CandidatePair) -> float:
-        return self.relay_delay if best.is_relayed else self.delay
+    def _ready_at(
+        self, best: CandidatePair, first_valid_at: float, gathered: bool
+    ) -> float:
+        """When ``best`` is nominated if nothing better turns up by then."""
+        if not best.is_relayed:
+            return first_valid_at + self.delay
+        if not gathered:
+            return first_valid_at + max(self.relay_delay, RELAY_GATHERING_WAIT)
+        ready = first_valid_at + self.relay_delay
+        if self.last_candidate_at is not None:
+            ready = max(ready, self.last_candidate_at + RELAY_SETTLE)
+        return ready
 
     def choose(
         self,
@@ -130,7 +155,9 @@ class Nominator:
         The best valid pair is nominated at once when no pair still being
         checked has a higher priority (for a relayed pair, only once both
         sides have also signalled end-of-candidates: ``gathered``);
-        otherwise once ``delay`` (``relay_delay`` for a relayed pair) has
+        otherwise once ``delay`` (``relay_delay`` for a relayed pair, and
+        at least :data:`RELAY_SETTLE` after the latest new candidate;
+        :data:`RELAY_GATHERING_WAIT` until ``gathered``) has
         passed since the first valid pair appeared. Pending pairs for which
         ``ignore`` is true (long shots) do not count as better.
         """
@@ -148,7 +175,7 @@ class Nominator:
         )
         unbeatable = not pending_better and (gathered or not best.is_relayed)
         first = self.first_valid_at if self.first_valid_at is not None else now
-        if not unbeatable and now < first + self._wait(best):
+        if not unbeatable and now < self._ready_at(best, first, gathered):
             return None
         self.in_flight = best
         return best
@@ -197,23 +224,45 @@ def public_addresses(candidates: Iterable[Candidate]) -> frozenset[str]:
     return frozenset(found)
 
 
-def long_shot(
-    pair: CandidatePair, local_public: frozenset[str], remote_public: frozenset[str]
-) -> bool:
-    """A host-to-host pair between two different private networks.
+class LongShots:
+    """The pending pairs the nomination wait does not wait for (module doc).
 
-    True when both agents showed public addresses, none in common (they are
-    behind different NATs), and the pair joins two host candidates, the
-    remote one with a private address: it is not reachable from outside its
-    network. (A private local address toward a public one works: the NAT
-    maps it.)
+    Built from both agents' candidates; ``long_shots(pair)`` says whether
+    ``pair`` is one:
+
+    - a host-to-host pair toward a private remote address, when both agents
+      showed public addresses and none in common: they are behind different
+      NATs, so the address is not reachable from outside its network (a
+      private local address toward a public one works: the NAT maps it);
+    - a pair toward a server-reflexive candidate of an address whose checks
+      came from another port (a peer-reflexive candidate with the same IP):
+      the peer's NAT maps per destination (symmetric), so that port was
+      opened for the STUN server only.
     """
-    if not local_public or not remote_public or local_public & remote_public:
-        return False
-    local, remote = pair.local.candidate, pair.remote
-    if local.type is not CandidateType.HOST or remote.type is not CandidateType.HOST:
-        return False
-    return _is_private(remote.address.ip)
+
+    __slots__ = ("_apart", "_remapped")
+
+    def __init__(self, local: Iterable[Candidate], remote: Sequence[Candidate]) -> None:
+        mine, theirs = public_addresses(local), public_addresses(remote)
+        self._apart = bool(mine and theirs and not mine & theirs)
+        srflx = {c.address for c in remote if c.type is CandidateType.SERVER_REFLEXIVE}
+        srflx_ips = {address.ip for address in srflx}
+        self._remapped = frozenset(
+            c.address.ip
+            for c in remote
+            if c.type is CandidateType.PEER_REFLEXIVE
+            and c.address.ip in srflx_ips
+            and c.address not in srflx
+        )
+
+    def __call__(self, pair: CandidatePair) -> bool:
+        remote = pair.remote
+        if remote.type is CandidateType.SERVER_REFLEXIVE:
+            return remote.address.ip in self._remapped
+        if not self._apart or remote.type is not CandidateType.HOST:
+            return False
+        local = pair.local.candidate
+        return local.type is CandidateType.HOST and _is_private(remote.address.ip)
 
 
 def best_nominated(checklist: CheckList) -> CandidatePair | None:
