@@ -1,17 +1,51 @@
-"""``natkit.server.daemon.serve`` on its own event loop in a thread, for tests.
+"""``natkit.server.daemon.serve`` for tests: in a thread, or on the test's loop.
 
 The test thread keeps making blocking socket calls while the server runs;
 :class:`ServeThread` starts the server, waits until every listener is open,
 and stops it again, re-raising in the test thread whatever the server raised.
+:func:`serving` does the same on the running event loop of an async test.
 """
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
+import pytest
+
+from natkit.net.address import ListenAddress
 from natkit.net.listeners import ServiceStats
 from natkit.server.config import ServerConfig
 from natkit.server.daemon import serve
+
+
+@asynccontextmanager
+async def serving(
+    config: ServerConfig, *, timeout: float = 5.0
+) -> AsyncIterator[tuple[ListenAddress, ...]]:
+    """``serve(config)`` on this loop until the block ends; yields what it bound."""
+    stop = asyncio.Event()
+    ready = asyncio.Event()
+    bound: list[ListenAddress] = []
+
+    def on_ready(addresses: tuple[ListenAddress, ...]) -> None:
+        bound.extend(addresses)
+        ready.set()
+
+    task = asyncio.create_task(serve(config, stop=stop, on_ready=on_ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait({task, waiter}, timeout=timeout, return_when="FIRST_COMPLETED")
+    waiter.cancel()
+    if task.done():
+        task.result()
+    if not ready.is_set():
+        task.cancel()
+        pytest.fail("natkit serve did not start")
+    try:
+        yield tuple(bound)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout * 2)
 
 
 class ServeThread:

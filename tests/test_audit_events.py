@@ -31,7 +31,6 @@ from natkit.security.audit import (
     verify_chain,
 )
 from natkit.server.config import ServerConfig, load_config
-from natkit.server.daemon import serve
 from natkit.stun import integrity
 from natkit.stun.attributes import (
     MessageIntegrity,
@@ -63,6 +62,7 @@ from natkit.turn.events import (
 )
 from natkit.turn.quota import QuotaKind
 from ports import pick_block
+from serve_thread import serving
 
 REALM = "audit.test"
 USER, PASSWORD = "alice", "alice-Pa55word-for-audit"
@@ -264,28 +264,8 @@ def server_config(data_dir: Path, **overrides: Any) -> ServerConfig:
 @asynccontextmanager
 async def running(config: ServerConfig) -> AsyncIterator[tuple[ListenAddress, ...]]:
     """``serve(config)`` on this loop until the block ends."""
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    bound: list[ListenAddress] = []
-
-    def on_ready(addresses: tuple[ListenAddress, ...]) -> None:
-        bound.extend(addresses)
-        ready.set()
-
-    task = asyncio.create_task(serve(config, stop=stop, on_ready=on_ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-    waiter.cancel()
-    if task.done():
-        task.result()
-    if not ready.is_set():
-        task.cancel()
-        pytest.fail("natkit serve did not start")
-    try:
-        yield tuple(bound)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT * 2)
+    async with serving(config, timeout=TIMEOUT) as bound:
+        yield bound
 
 
 def audit_records(data_dir: Path) -> list[dict[str, Any]]:

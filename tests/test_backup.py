@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from natkit.cli import main
-from natkit.net.address import ListenAddress
 from natkit.net.turn_client import TurnClient
 from natkit.security.backup import (
     MAGIC,
@@ -34,10 +33,10 @@ from natkit.security.backup import (
 from natkit.security.sealing import MasterKey, read_key_file
 from natkit.security.secrets import read_rest_secrets, write_private_file
 from natkit.server.config import ServerConfig, load_config
-from natkit.server.daemon import serve
 from natkit.server.store import UserStore
 from natkit.turn.credentials import mint
 from ports import pick_block
+from serve_thread import serving
 
 REALM = "backup.test"
 USER, PASSWORD = "dave", "dave-restored-password"
@@ -83,28 +82,8 @@ def server_config(data_dir: Path, keys: Path, **overrides: Any) -> ServerConfig:
 @asynccontextmanager
 async def running(config: ServerConfig) -> AsyncIterator[int]:
     """``serve(config)`` on this loop; yields the UDP port."""
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    bound: list[ListenAddress] = []
-
-    def on_ready(addresses: tuple[ListenAddress, ...]) -> None:
-        bound.extend(addresses)
-        ready.set()
-
-    task = asyncio.create_task(serve(config, stop=stop, on_ready=on_ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-    waiter.cancel()
-    if task.done():
-        task.result()
-    if not ready.is_set():
-        task.cancel()
-        pytest.fail("natkit serve did not start")
-    try:
+    async with serving(config, timeout=TIMEOUT) as bound:
         yield bound[0].port
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT * 2)
 
 
 def make_keys(tmp_path: Path) -> Path:

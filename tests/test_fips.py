@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from natkit.net.address import ListenAddress, Transport
+from natkit.net.address import Transport
 from natkit.net.turn_client import AuthenticationError, TurnClient
 from natkit.security.fips import (
     DEFAULT_TLS12_CIPHERS,
@@ -33,7 +33,7 @@ from natkit.security.fips import (
 )
 from natkit.security.secrets import read_rest_secrets
 from natkit.server.config import ConfigError, ServerConfig, load_config
-from natkit.server.daemon import StartupError, serve
+from natkit.server.daemon import StartupError
 from natkit.stun import integrity
 from natkit.stun.attributes import (
     ErrorCodeAttr,
@@ -47,6 +47,7 @@ from natkit.stun.constants import MessageClass, Method, PasswordAlgorithm
 from natkit.stun.message import Message, decode, encode, new_transaction_id
 from natkit.turn.credentials import RestHmac, mint
 from ports import pick_block
+from serve_thread import serving
 
 REALM = "fips.test"
 USER, PASSWORD = "frank", "frank-fips-password"
@@ -76,28 +77,8 @@ def server_config(data_dir: Path, **overrides: Any) -> ServerConfig:
 @asynccontextmanager
 async def running(config: ServerConfig) -> AsyncIterator[dict[Transport, int]]:
     """``serve(config)`` on this loop; yields the port of each transport."""
-    stop = asyncio.Event()
-    ready = asyncio.Event()
-    bound: list[ListenAddress] = []
-
-    def on_ready(addresses: tuple[ListenAddress, ...]) -> None:
-        bound.extend(addresses)
-        ready.set()
-
-    task = asyncio.create_task(serve(config, stop=stop, on_ready=on_ready))
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait({task, waiter}, timeout=TIMEOUT, return_when="FIRST_COMPLETED")
-    waiter.cancel()
-    if task.done():
-        task.result()
-    if not ready.is_set():
-        task.cancel()
-        pytest.fail("natkit serve did not start")
-    try:
+    async with serving(config, timeout=TIMEOUT) as bound:
         yield {a.transport: a.port for a in bound}
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, TIMEOUT * 2)
 
 
 def _allocate_raw(port: int, key: bytes | None) -> tuple[Message, Message | None]:
