@@ -37,6 +37,8 @@ import natkit
 from interop.peers import (
     Endpoint,
     Listener,
+    coturn_argv,
+    coturn_long_term,
     free_port,
     require_binary,
     running_server,
@@ -127,38 +129,8 @@ def run_coturn(
     binary = require_binary("turnserver", "coturn")
     workdir = tmp_path_factory.mktemp("coturn-turn")
     endpoint = Endpoint("127.0.0.1", free_port("127.0.0.1"))
-    low, high = relay_block()
-    argv = [
-        binary,
-        "-n",
-        "--listening-ip",
-        endpoint.ip,
-        "--relay-ip",
-        endpoint.ip,
-        "--listening-port",
-        str(endpoint.port),
-        "--min-port",
-        str(low),
-        "--max-port",
-        str(high),
-        "--lt-cred-mech",
-        "--user",
-        f"{USER}:{PASSWORD}",
-        "--realm",
-        REALM,
-        "--allow-loopback-peers",
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
-    ]
+    options = coturn_long_term(USER, PASSWORD, REALM, relay_block())
+    argv = coturn_argv(binary, endpoint, workdir, *options)
     listeners = [Listener(endpoint, udp=True), Listener(endpoint, udp=False)]
     with running_server(
         "turnserver", argv, workdir=workdir, listeners=listeners

@@ -113,6 +113,8 @@ from .peers import (
     Endpoint,
     Listener,
     ServerProcess,
+    coturn_argv,
+    coturn_long_term,
     free_port,
     free_udp_port_pair,
     has_ipv6_loopback,
@@ -261,40 +263,10 @@ def coturn_turn_server(
     binary = require_binary("turnserver", "coturn")
     workdir = tmp_path_factory.mktemp("coturn-turn")
     endpoint = Endpoint("127.0.0.1", free_port("127.0.0.1"))
-    low, high = relay_port_window()
-    argv = [
-        binary,
-        "-n",
-        "-v",
-        "--listening-ip",
-        endpoint.ip,
-        "--relay-ip",
-        endpoint.ip,
-        "--listening-port",
-        str(endpoint.port),
-        "--min-port",
-        str(low),
-        "--max-port",
-        str(high),
-        "--lt-cred-mech",
-        "--user",
-        f"{TURN_USER}:{TURN_PASSWORD}",
-        "--realm",
-        TURN_REALM,
-        "--allow-loopback-peers",
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--no-rfc5780",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
-    ]
+    options = coturn_long_term(
+        TURN_USER, TURN_PASSWORD, TURN_REALM, relay_port_window()
+    )
+    argv = coturn_argv(binary, endpoint, workdir, "-v", "--no-rfc5780", *options)
     with running_server(
         "turnserver",
         argv,
@@ -310,31 +282,9 @@ def coturn_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     binary = require_binary("turnserver", "coturn")
     workdir = tmp_path_factory.mktemp("coturn")
     endpoint = Endpoint("127.0.0.1", free_port("127.0.0.1"))
-    argv = [
-        binary,
-        "-n",
-        "-v",
-        "--listening-ip",
-        endpoint.ip,
-        "--relay-ip",
-        endpoint.ip,
-        "--listening-port",
-        str(endpoint.port),
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--stun-only",
-        "--no-auth",
-        "--no-rfc5780",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
-    ]
+    argv = coturn_argv(
+        binary, endpoint, workdir, "-v", "--stun-only", "--no-auth", "--no-rfc5780"
+    )
     with running_server(
         "turnserver",
         argv,

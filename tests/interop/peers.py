@@ -93,6 +93,54 @@ async def close_aioice(*connections: Any) -> None:
     await asyncio.sleep(0.01)
 
 
+def coturn_argv(
+    binary: str, endpoint: Endpoint, workdir: Path, *options: str
+) -> list[str]:
+    """``turnserver`` on ``endpoint`` (UDP and TCP) with ``options``: command
+    line only (``-n``), no TLS, DTLS or CLI, every file in ``workdir``."""
+    return [
+        binary,
+        "-n",
+        "--listening-ip",
+        endpoint.ip,
+        "--relay-ip",
+        endpoint.ip,
+        "--listening-port",
+        str(endpoint.port),
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file",
+        str(workdir / "turn.log"),
+        "--simple-log",
+        "--no-stdout-log",
+        "--userdb",
+        str(workdir / "turndb"),
+        "--pidfile",
+        str(workdir / "turnserver.pid"),
+        *options,
+    ]
+
+
+def coturn_long_term(
+    user: str, password: str, realm: str, ports: tuple[int, int]
+) -> list[str]:
+    """coturn options for one long-term user, loopback peers and a relay port range."""
+    low, high = ports
+    return [
+        "--lt-cred-mech",
+        "--user",
+        f"{user}:{password}",
+        "--realm",
+        realm,
+        "--allow-loopback-peers",
+        "--min-port",
+        str(low),
+        "--max-port",
+        str(high),
+    ]
+
+
 def require_binary(name: str, package: str) -> str:
     """The path of an installed program, or skip the test saying why."""
     path = shutil.which(name)
