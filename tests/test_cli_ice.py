@@ -9,7 +9,9 @@ relay case uses ``natkit serve`` from ``test_net_turn_client``.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from natkit.cli import main
+from ports import pick_block
 from test_net_turn_client import (
     NATKIT_ARGV,
     PASSWORD,
@@ -94,6 +97,40 @@ def test_offer_and_answer_connect_host_to_host_through_files(tmp_path: Path) -> 
     assert offer["remote"]["address"] == answer["local"]["address"]
 
 
+def _wait_for_tcp(port: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    pytest.fail("natkit ice rendezvous did not start")
+
+
+def test_offer_and_answer_through_the_http_rendezvous() -> None:
+    port = pick_block(1)
+    server = _start("rendezvous", "--listen", f"127.0.0.1:{port}")
+    try:
+        _wait_for_tcp(port, server)
+        room = f"http://127.0.0.1:{port}/cli-test"
+        offer = _start(
+            "offer", *LOOPBACK, "--out", f"{room}/offer", "--peer", f"{room}/answer"
+        )
+        answer = _start(
+            "answer", *LOOPBACK, "--peer", f"{room}/offer", "--out", f"{room}/answer"
+        )
+        for process in (offer, answer):
+            code, out, err = _finish(process)
+            assert code == 0, err
+            assert "host 127.0.0.1:" in out, out
+    finally:
+        server.terminate()
+        code, _, err = _finish(server)
+    assert code == 0, err
+    assert f"on http://127.0.0.1:{port}/" in err
+
+
 def test_offer_and_answer_through_stdin_and_stdout() -> None:
     offer = _start("offer", *LOOPBACK, "--json", stdin=subprocess.PIPE)
     answer = _start("answer", *LOOPBACK, "--json", stdin=subprocess.PIPE)
@@ -161,6 +198,7 @@ def test_text_output_names_the_pair(tmp_path: Path) -> None:
         (["answer", "--host-ip", "nope"], "--host-ip 'nope' is not an IP address"),
         (["offer", "--stun", "bad host:1"], "malformed address"),
         (["offer", "--turn-transport", "sctp"], "invalid value"),
+        (["rendezvous", "--listen", "no such:host:1"], "--listen"),
     ],
 )
 def test_usage_errors_are_one_line(args: list[str], message: str) -> None:

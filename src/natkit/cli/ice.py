@@ -1,9 +1,9 @@
 """``natkit ice offer|answer``: an ICE peer (RFC 8445), for tests and diagnostics.
 
 Two peers swap one JSON description each (RFC 8839 candidate lines and the
-ICE credentials) through files or stdin/stdout, connect, say hello over the
-selected pair and report it. No HTTP rendezvous: a file on a shared
-directory, or copy and paste, is the signalling channel.
+ICE credentials) through files, stdin/stdout or the small HTTP rendezvous of
+``natkit ice rendezvous`` (:mod:`natkit.net.rendezvous`), connect, say hello
+over the selected pair and report it.
 
 The description, one line of JSON::
 
@@ -55,10 +55,17 @@ Examples (two terminals, or two hosts sharing a directory):
   natkit ice offer --turn 127.0.0.1:3478 --turn-user alice --turn-password secret \\
       --relay-only --out o.json --peer a.json
 \b
+  natkit ice rendezvous --listen 127.0.0.1:8765
+  natkit ice offer  --out http://127.0.0.1:8765/demo/offer \\
+      --peer http://127.0.0.1:8765/demo/answer
+  natkit ice answer --peer http://127.0.0.1:8765/demo/offer \\
+      --out http://127.0.0.1:8765/demo/answer
+\b
 With --out - (the default) the description is printed as one JSON line on
 stdout; with --peer - (the default) the peer's is read as one line from
-stdin. A --peer file is waited for (until --timeout); files are written
-atomically. The offerer is the controlling agent unless --controlled.
+stdin. A --peer file or URL is waited for (until --timeout); files are
+written atomically; an http:// --out is stored with PUT, an http:// --peer
+fetched with GET. The offerer is the controlling agent unless --controlled.
 Reported: the selected pair's candidate types and addresses, the time from
 the peer's description to the selected pair (connected_ms), the RTT of the
 last connectivity or consent check, and of a data hello over the pair.
@@ -191,6 +198,55 @@ def answer(**kwargs: Any) -> None:
     _run(_Options(**kwargs), offering=False, controlling=False)
 
 
+@ice.command("rendezvous", cls=_OneLineCommand, epilog=_ICE_EPILOG)
+@click.option(
+    "--listen",
+    default="127.0.0.1:8765",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to serve (plain HTTP: keep it on loopback or a trusted network).",
+)
+def rendezvous(listen: str) -> None:
+    """Serve PUT/GET /ROOM/offer and /ROOM/answer until interrupted."""
+    import asyncio
+
+    from natkit.net.stun_client import parse_server
+    from natkit.stun.errors import NatkitError
+
+    try:
+        spec = parse_server(listen)
+    except NatkitError as exc:
+        _die(f"--listen: {exc}", 2)
+    try:
+        asyncio.run(_serve_rendezvous(spec.host, spec.port))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _die(f"cannot listen on {listen}: {exc.strerror or exc}")
+
+
+async def _serve_rendezvous(host: str, port: int) -> None:
+    import asyncio
+    import signal
+
+    from aiohttp import web
+
+    from natkit.net.rendezvous import RendezvousStore, make_app
+
+    runner = web.AppRunner(make_app(RendezvousStore()), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"natkit ice rendezvous on http://{shown}:{port}/", err=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 # --- the run -----------------------------------------------------------------
 
 
@@ -310,7 +366,7 @@ async def _session(
         }
         if peer is not None:
             blob["offer_ufrag"] = peer.ufrag
-        _write_description(options.out, blob)
+        await _publish(options.out, blob, max(0.1, deadline - loop.time()))
 
         # step 3: the offerer waits for the answer to this offer
         if peer is None:
@@ -329,6 +385,23 @@ async def _session(
 
 
 # --- descriptions ---------------------------------------------------------------
+
+
+def _is_url(target: str) -> bool:
+    return target.startswith(("http://", "https://"))
+
+
+async def _publish(target: str, blob: dict[str, Any], budget: float) -> None:
+    """Our description to ``target``: stdout, a file or a rendezvous URL."""
+    if _is_url(target):
+        import json
+
+        from natkit.net.rendezvous import publish_description
+
+        text = json.dumps(blob, separators=(",", ":"))
+        await publish_description(target, text, timeout=budget)
+        return
+    _write_description(target, blob)
 
 
 def _write_description(target: str, blob: dict[str, Any]) -> None:
@@ -368,9 +441,34 @@ async def _read_description(
             raise NatkitError("no peer description on stdin")
         return _parse_description(line, "stdin")
 
+    problem = f"no peer description in {source}"
+
+    def usable(text: str) -> _Description | None:
+        """The description in ``text`` if it parses and answers us."""
+        nonlocal problem
+        try:
+            found = _parse_description(text, source)
+        except NatkitError as exc:
+            problem = str(exc)
+            return None
+        if expect_offer is None or found.offer_ufrag == expect_offer:
+            return found
+        problem = f"{source} answers another offer"
+        return None
+
+    if _is_url(source):
+        from natkit.net.rendezvous import fetch_description
+
+        text = await fetch_description(
+            source, deadline, accept=lambda t: usable(t) is not None
+        )
+        found = usable(text) if text is not None else None
+        if found is not None:
+            return found
+        raise IceTimeoutError(f"{problem} (waited the --timeout)")
+
     # a file: wait until it is there, parses, and (for an offerer) answers us
     path = Path(source)
-    problem = f"no peer description in {source}"
     while loop.time() < deadline:
         try:
             text = path.read_text()
@@ -378,15 +476,8 @@ async def _read_description(
             text = ""
         except OSError as exc:
             raise NatkitError(f"cannot read {source}: {exc.strerror or exc}") from None
-        if text.strip():
-            try:
-                found = _parse_description(text, source)
-            except NatkitError as exc:
-                problem = str(exc)
-            else:
-                if expect_offer is None or found.offer_ufrag == expect_offer:
-                    return found
-                problem = f"{source} answers another offer"
+        if text.strip() and (found := usable(text)) is not None:
+            return found
         await asyncio.sleep(_POLL)
     raise IceTimeoutError(f"{problem} (waited the --timeout)")
 
