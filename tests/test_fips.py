@@ -346,3 +346,21 @@ async def test_fips_required_refuses_to_start_outside_fips_mode(
     monkeypatch.setattr("natkit.server.daemon.fips_status", lambda: on)
     async with running(server_config(tmp_path / "data2", fips_required=True)):
         pass
+
+
+def test_serve_fips_flag_selects_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from natkit.cli import main
+    from natkit.server import daemon
+
+    seen: list[ServerConfig] = []
+    monkeypatch.setattr(daemon, "run", seen.append)
+    monkeypatch.delenv("NATKIT_CRYPTO_PROFILE", raising=False)
+    args = ["serve", "--data-dir", str(tmp_path / "data")]
+    for extra, profile in (([], "default"), (["--fips"], "fips")):
+        result = CliRunner().invoke(main, [*args, *extra])
+        assert result.exit_code == 0, result.output
+        assert seen.pop().crypto_profile == profile
