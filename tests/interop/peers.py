@@ -27,6 +27,7 @@ from typing import IO, Any
 
 import pytest
 
+from natkit.bench.cpu import coturn_base_options
 from natkit.stun.constants import HEADER_LENGTH, MAGIC_COOKIE_BYTES, Method
 
 #: how long a server may take from exec to answering STUN
@@ -107,17 +108,7 @@ def coturn_argv(
         endpoint.ip,
         "--listening-port",
         str(endpoint.port),
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
+        *coturn_base_options(workdir),
         *options,
     ]
 

@@ -59,6 +59,8 @@ from typing import Any
 
 import pytest
 
+from natkit.bench.cpu import coturn_base_options
+
 from .peers import (
     Completed,
     Endpoint,
@@ -156,19 +158,9 @@ def coturn_rfc5780(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rfc5780
         A1,
         "--listening-port",
         str(port),
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
         "--stun-only",
         "--no-auth",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
+        *coturn_base_options(workdir),
     ]
     with running_server(
         "turnserver", argv, workdir=workdir, listeners=_listeners(port)

@@ -528,6 +528,24 @@ def _turnserver() -> str:
 # --- TURN ------------------------------------------------------------------------
 
 
+def coturn_base_options(workdir: Path) -> list[str]:
+    """turnserver flags every test and bench run shares: no TLS, DTLS or CLI;
+    log, user database and pid file in ``workdir`` (not under /var)."""
+    return [
+        "--no-tls",
+        "--no-dtls",
+        "--no-cli",
+        "--log-file",
+        str(workdir / "turn.log"),
+        "--simple-log",
+        "--no-stdout-log",
+        "--userdb",
+        str(workdir / "turndb"),
+        "--pidfile",
+        str(workdir / "turnserver.pid"),
+    ]
+
+
 def coturn_turn_argv(port: int, workdir: Path, ports: tuple[int, int]) -> list[str]:
     """coturn as a TURN server: long-term credentials, loopback peers allowed."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -550,17 +568,7 @@ def coturn_turn_argv(port: int, workdir: Path, ports: tuple[int, int]) -> list[s
         "--realm",
         TURN_REALM,
         "--allow-loopback-peers",
-        "--no-tls",
-        "--no-dtls",
-        "--no-cli",
-        "--log-file",
-        str(workdir / "turn.log"),
-        "--simple-log",
-        "--no-stdout-log",
-        "--userdb",
-        str(workdir / "turndb"),
-        "--pidfile",
-        str(workdir / "turnserver.pid"),
+        *coturn_base_options(workdir),
     ]
 
 
