@@ -355,9 +355,12 @@ def test_serve_fips_flag_selects_the_profile(
 
     from natkit.cli import main
     from natkit.server import daemon
+    from natkit.server import logging as server_logging
 
     seen: list[ServerConfig] = []
     monkeypatch.setattr(daemon, "run", seen.append)
+    # serve configures logging for the whole process: not in a test
+    monkeypatch.setattr(server_logging, "configure_logging", lambda *a, **k: None)
     monkeypatch.delenv("NATKIT_CRYPTO_PROFILE", raising=False)
     args = ["serve", "--data-dir", str(tmp_path / "data")]
     for extra, profile in (([], "default"), (["--fips"], "fips")):

@@ -112,7 +112,9 @@ def test_first_use_generates_once_and_logs_without_the_secret(
     assert len(first) == 1 and len(first[0]) == GENERATED_SECRET_BYTES
     assert mode(path) == 0o600
     assert mode(data_dir) == 0o700
-    generated = [r for r in caplog.records if "generated" in r.getMessage()]
+    generated = [
+        r for r in caplog.records if r.name == LOGGER and "generated" in r.getMessage()
+    ]
     assert len(generated) == 1
     assert str(path) in generated[0].getMessage()
     assert secret_fingerprint(first[0]) in generated[0].getMessage()
