@@ -137,6 +137,28 @@ def _realm_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _client_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """-4/-6, --insecure, --cafile and --json, as natkit stun and turn take them."""
+    options = [
+        click.option(
+            "-4", "--ipv4", "family", flag_value="ipv4", help="Use IPv4 only."
+        ),
+        click.option(
+            "-6", "--ipv6", "family", flag_value="ipv6", help="Use IPv6 only."
+        ),
+        click.option(
+            "--insecure", is_flag=True, help="TLS: do not verify the certificate."
+        ),
+        click.option(
+            "--cafile", metavar="FILE", help="TLS: trust the CAs in this PEM file."
+        ),
+        click.option("--json", "as_json", is_flag=True, help="Print one JSON object."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def _opt_str(value: object | None) -> str | None:
     return None if value is None else str(value)
 

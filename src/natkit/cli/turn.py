@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from natkit.cli._common import _die, _OneLineCommand, _opt_str
+from natkit.cli._common import _client_options, _die, _OneLineCommand, _opt_str
 
 _TURN_EPILOG = """\b
 Examples:
@@ -105,11 +105,7 @@ def _ms(seconds: float | None) -> float | None:
     metavar="SECONDS",
     help="Give up on a request after this long (default: 39.5 s, RFC 8489).",
 )
-@click.option("-4", "--ipv4", "family", flag_value="ipv4", help="Use IPv4 only.")
-@click.option("-6", "--ipv6", "family", flag_value="ipv6", help="Use IPv6 only.")
-@click.option("--insecure", is_flag=True, help="TLS: do not verify the certificate.")
-@click.option("--cafile", metavar="FILE", help="TLS: trust the CAs in this PEM file.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_client_options
 def turn(
     server: str,
     username: str,
