@@ -204,7 +204,9 @@ def test_stop_retransmitting_sends_nothing_more_and_waits_rm_rto() -> None:
     policy = RetransmitPolicy(rto=0.2, rc=7, rm=8)
     request, tx = _new(policy=policy)
     assert len(tx.handle_timeout(0.0)) == 1
+    assert not tx.silenced
     tx.stop_retransmitting(0.1)
+    assert tx.silenced
     assert tx.next_deadline() == pytest.approx(0.1 + 8 * 0.2)
     assert tx.handle_timeout(0.2) == []
     assert tx.handle_response(_response(request), 0.5)

@@ -137,8 +137,6 @@ class ConnectivityChecks:
         self._remotes: list[Candidate] = []
         self._table = TransactionTable()
         self._checks: dict[bytes, Check] = {}
-        #: checks cancelled by RFC 8445 §7.3.1.4: their silence is no failure
-        self._cancelled: set[bytes] = set()
         self._outbox: list[Transmit] = []
         self._now = 0.0
         self._last_check_at: float | None = None
@@ -250,7 +248,6 @@ class ConnectivityChecks:
             check = self._checks.get(tx.key)
             if check is not None and check.pair is pair and not tx.done:
                 tx.stop_retransmitting(now)
-                self._cancelled.add(tx.key)
                 if check.use_candidate:
                     # the nomination goes on in the triggered check
                     pair.nominate_next = True
@@ -384,12 +381,10 @@ class ConnectivityChecks:
                 self._transmit(tx, check, now)
         for tx in self._table.pop_done():
             check = self._checks.pop(tx.key, None)
-            cancelled = tx.key in self._cancelled
-            self._cancelled.discard(tx.key)
             if check is None or tx.state is not TransactionState.TIMED_OUT:
                 continue
-            if cancelled:
-                continue
+            if tx.silenced:
+                continue  # cancelled by §7.3.1.4: its silence is no failure
             if check.pair is not None and check.generation == self._generation:
                 logger.debug("%s: check timed out on %r", self.name, check.pair)
                 self._pair_failed(check.pair, now)
@@ -401,7 +396,6 @@ class ConnectivityChecks:
             if check is not None and (consent or check.session is None):
                 tx.cancel(now, reason)
                 self._checks.pop(tx.key, None)
-                self._cancelled.discard(tx.key)
         self._table.pop_done()
 
     # --- client side: responses (RFC 8445 §7.2.5) ------------------------------------
@@ -431,7 +425,6 @@ class ConnectivityChecks:
         if not tx.handle_response(msg, now):
             return
         del self._checks[key]
-        self._cancelled.discard(key)
         if check.session is not None:
             # RFC 7675 §5.1: a success response from the pair's remote renews
             symmetric = source == check.destination and socket == check.socket

@@ -207,6 +207,11 @@ class ClientTransaction:
         return self.finished_at - self.first_sent_at
 
     @property
+    def silenced(self) -> bool:
+        """:meth:`stop_retransmitting` was called."""
+        return self._silent
+
+    @property
     def retransmitted(self) -> bool:
         return self.transmissions > 1
 
