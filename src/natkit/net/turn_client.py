@@ -187,21 +187,17 @@ class _StreamLink(_Link, asyncio.Protocol):
         self.transport = transport
         self._stream = cast(asyncio.Transport, transport)
 
-    async def closed(self, timeout: float) -> None:
-        """Close and wait until the socket is closed; abort after ``timeout``.
+    async def wait_closed(self, timeout: float) -> None:
+        """Wait until the closed connection's socket is gone; abort after
+        ``timeout``.
 
         Over TLS, close() sends close_notify and keeps the socket open until
         the server answers; a caller that returns (or ends its event loop)
         before then would leave the socket open.
         """
-        self.closing = True
         stream = self._stream
         if stream is None:
             return
-        if not stream.is_closing():
-            # not twice: a second close() of a TLS transport forgets its
-            # connection, and abort() then does nothing
-            stream.close()
         try:
             await asyncio.wait_for(self.lost.wait(), timeout)
         except TimeoutError:
@@ -480,7 +476,7 @@ class TurnClient:
         link = self._link
         self._shutdown()
         if isinstance(link, _StreamLink):
-            await link.closed(STREAM_CLOSE_TIMEOUT)
+            await link.wait_closed(STREAM_CLOSE_TIMEOUT)
 
     def _shutdown(self) -> None:
         if self._timer is not None:
