@@ -209,9 +209,7 @@ class IceAgent(ConnectivityChecks):
         times = [self._table.next_deadline(), self._pacing_deadline()]
         if self.controlling and not self._settled() and self._checking():
             times.append(
-                self._nominator.deadline(
-                    self.checklist, gathered=self._local_done and self._remote_done
-                )
+                self._nominator.deadline(self.checklist, gathered=self._gathered())
             )
         if self._session is not None:
             times.append(self._session.next_deadline())
@@ -392,15 +390,18 @@ class IceAgent(ConnectivityChecks):
         """A pair is selected in the current generation (no restart pending)."""
         return self._session is not None and self._previous_local is None
 
+    def _gathered(self) -> bool:
+        """Both sides have signalled end-of-candidates (RFC 8838 §8)."""
+        return self._local_done and self._remote_done
+
     def _maybe_nominate(self, now: float) -> None:
         if not self.controlling or self._settled():
             return
         if not self._checking():
             return
-        gathered = self._local_done and self._remote_done
         long_shots = LongShots((c.candidate for c in self._locals), self._remotes)
         pair = self._nominator.choose(
-            self.checklist, now, gathered=gathered, ignore=long_shots
+            self.checklist, now, gathered=self._gathered(), ignore=long_shots
         )
         if pair is not None:
             logger.debug("%s: nominating %r", self.name, pair)
@@ -504,7 +505,7 @@ class IceAgent(ConnectivityChecks):
             IceState.FAILED,
         ):
             return
-        if not (self._local_done and self._remote_done):
+        if not self._gathered():
             return
         if self.checklist.valid_pairs() or not self.checklist.concluded():
             return
