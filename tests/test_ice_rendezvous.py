@@ -79,15 +79,19 @@ async def base_url() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+def _text(text: str) -> str:
+    return text
+
+
 def _deadline(seconds: float) -> float:
     return asyncio.get_running_loop().time() + seconds
 
 
 async def test_publish_then_fetch(base_url: str) -> None:
     url = f"{base_url}/room-1/offer"
-    assert await fetch_description(url, _deadline(0.2), accept=bool) is None
+    assert await fetch_description(url, _deadline(0.2), accept=_text) is None
     await publish_description(url, OFFER, timeout=5)
-    assert await fetch_description(url, _deadline(5), accept=bool) == OFFER
+    assert await fetch_description(url, _deadline(5), accept=_text) == OFFER
 
 
 async def test_fetch_waits_for_a_description_it_accepts(base_url: str) -> None:
@@ -99,7 +103,9 @@ async def test_fetch_waits_for_a_description_it_accepts(base_url: str) -> None:
         await publish_description(url, json.dumps({"new": True}), timeout=5)
 
     task = asyncio.create_task(answer_later())
-    text = await fetch_description(url, _deadline(5), accept=lambda t: "new" in t)
+    text = await fetch_description(
+        url, _deadline(5), accept=lambda t: t if "new" in t else None
+    )
     await task
     assert text == json.dumps({"new": True})
 
@@ -127,7 +133,7 @@ async def test_unreachable_and_non_http_urls_are_errors() -> None:
         await publish_description(f"http://127.0.0.1:{port}/r/offer", OFFER, timeout=2)
     with pytest.raises(RendezvousError, match="cannot reach"):
         await fetch_description(
-            f"http://127.0.0.1:{port}/r/offer", _deadline(2), accept=bool
+            f"http://127.0.0.1:{port}/r/offer", _deadline(2), accept=_text
         )
     with pytest.raises(RendezvousError, match="not an http"):
         await publish_description("ftp://127.0.0.1/r/offer", OFFER, timeout=2)

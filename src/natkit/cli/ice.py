@@ -459,10 +459,7 @@ async def _read_description(
     if _is_url(source):
         from natkit.net.rendezvous import fetch_description
 
-        text = await fetch_description(
-            source, deadline, accept=lambda t: usable(t) is not None
-        )
-        found = usable(text) if text is not None else None
+        found = await fetch_description(source, deadline, accept=usable)
         if found is not None:
             return found
         raise IceTimeoutError(f"{problem} (waited the --timeout)")

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, web
 
@@ -47,6 +48,8 @@ TTL = 600.0
 ROLES = ("offer", "answer")
 #: how often a waiting peer asks again
 POLL = 0.05
+
+T = TypeVar("T")
 
 _ROOM = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
@@ -162,10 +165,10 @@ async def publish_description(url: str, text: str, *, timeout: float) -> None:
 
 
 async def fetch_description(
-    url: str, deadline: float, *, accept: Callable[[str], bool]
-) -> str | None:
-    """GET ``url`` until it holds a description ``accept`` takes, or until
-    ``deadline`` (loop time): then None."""
+    url: str, deadline: float, *, accept: Callable[[str], T | None]
+) -> T | None:
+    """GET ``url`` until ``accept`` makes something of what it holds (not
+    None), and return that; None once ``deadline`` (loop time) has passed."""
     _check_url(url)
     loop = asyncio.get_running_loop()
     try:
@@ -174,9 +177,9 @@ async def fetch_description(
                 budget = ClientTimeout(total=max(0.1, deadline - loop.time()))
                 async with session.get(url, timeout=budget) as response:
                     if response.status == 200:
-                        text = await response.text()
-                        if accept(text):
-                            return text
+                        taken = accept(await response.text())
+                        if taken is not None:
+                            return taken
                     elif response.status != 404:
                         raise RendezvousError(
                             f"{url}: {response.status} {await _reason(response)}"
